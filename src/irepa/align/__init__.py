@@ -1,0 +1,1 @@
+"""Representation alignment: projectors, target normalization, alignment losses, the hook-based aligner."""

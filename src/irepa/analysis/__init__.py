@@ -1,0 +1,1 @@
+"""Analysis and plots over run artifacts."""

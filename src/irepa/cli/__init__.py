@@ -1,0 +1,1 @@
+"""The ``irepa`` command line. Only this package reads argv, environment variables and user paths."""

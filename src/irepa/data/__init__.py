@@ -1,0 +1,1 @@
+"""Data: synthetic dataset, image folders, sharded stores, VAE latents."""

@@ -1,0 +1,1 @@
+"""Interpolation paths (SiT time: t=0 data, t=1 noise), time sampling, losses and samplers."""

@@ -1,0 +1,1 @@
+"""Metrics: spatial structure of patch tokens, linear probing, generative evaluation."""

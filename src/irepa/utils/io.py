@@ -1,0 +1,134 @@
+"""File I/O helpers: atomic writes, tensor files (.safetensors / .pt / .npy / .npz), hashing.
+
+Everything irepa writes (checkpoints, features, reports, sample files) goes through :func:`atomic_write` so that an
+interrupted or failed write never leaves a half-written file under the final name: data is written to a temporary
+file in the same directory, flushed and fsynced, then renamed over the target with :func:`os.replace`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import torch
+
+from irepa.errors import IrepaError
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
+    """Open a temporary file next to ``path`` and rename it to ``path`` only if the block succeeds.
+
+    Example:
+        >>> with atomic_write("out.json", "w") as f:  # doctest: +SKIP
+        ...     f.write("{}")
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Atomically write ``data`` as indented JSON (NaN written as ``NaN``, as Python's json does)."""
+    with atomic_write(path, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=False, default=str)
+        f.write("\n")
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Atomically write a text file."""
+    with atomic_write(path, "w") as f:
+        f.write(text)
+
+
+def save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | Path, metadata: Mapping[str, str] | None = None):
+    """Atomically save a flat ``name -> tensor`` dict as safetensors (tensors made contiguous, moved to CPU)."""
+    from safetensors.torch import save
+
+    payload = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    blob = save(payload, metadata={str(k): str(v) for k, v in (metadata or {}).items()})
+    with atomic_write(path, "wb") as f:
+        f.write(blob)
+
+
+def read_safetensors_metadata(path: str | Path) -> dict[str, str]:
+    """Return the ``__metadata__`` header of a safetensors file (empty dict if none)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+def load_tensor_file(path: str | Path) -> torch.Tensor | dict[str, torch.Tensor]:
+    """Load tensors from ``.safetensors``, ``.pt``/``.pth`` (``weights_only=True``), ``.npy`` or ``.npz``.
+
+    Returns:
+        A single tensor (``.npy``, or a ``.pt`` holding one tensor) or a ``name -> tensor`` dict.
+
+    Raises:
+        IrepaError: Missing, empty, unreadable or unsupported files, and files that hold no tensors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise IrepaError(f"features file {str(path)!r} does not exist")
+    if path.stat().st_size == 0:
+        raise IrepaError(f"features file {str(path)!r} is empty")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            out: Any = load_file(str(path))
+        elif suffix in (".pt", ".pth", ".bin"):
+            # weights_only=True: never unpickle arbitrary objects from a user-supplied file.
+            out = torch.load(path, map_location="cpu", weights_only=True)
+        elif suffix == ".npy":
+            out = torch.from_numpy(np.load(path, allow_pickle=False))
+        elif suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                out = {k: torch.from_numpy(z[k]) for k in z.files}
+        else:
+            raise IrepaError(
+                f"features file {str(path)!r} has unsupported extension {suffix!r}; use .safetensors, .pt, .npy or .npz"
+            )
+    except IrepaError:
+        raise
+    except Exception as exc:  # corrupt files raise many different exception types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise IrepaError(f"cannot read features file {str(path)!r}: {first}") from exc
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, Mapping):
+        tensors = {str(k): v for k, v in out.items() if isinstance(v, torch.Tensor)}
+        if not tensors:
+            raise IrepaError(f"features file {str(path)!r} holds no tensors")
+        return tensors
+    raise IrepaError(
+        f"features file {str(path)!r} holds a {type(out).__name__}, expected a tensor or a dict of tensors"
+    )
+
+
+def sha256_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,51 @@
+import numpy as np
+import pytest
+import torch
+
+from irepa.errors import IrepaError
+from irepa.utils.io import atomic_write, load_tensor_file, read_safetensors_metadata, save_safetensors
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path):
+    target = tmp_path / "f.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError), atomic_write(target, "w") as f:
+        f.write("new")
+        raise RuntimeError("disk full")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]  # no temporary file left behind
+
+
+def test_tensor_file_formats(tmp_path):
+    x = torch.randn(2, 4, 3)
+    save_safetensors({"a": x}, tmp_path / "f.safetensors", {"encoder": "demo"})
+    torch.save({"a": x}, tmp_path / "f.pt")
+    np.save(tmp_path / "f.npy", x.numpy())
+    np.savez(tmp_path / "f.npz", a=x.numpy())
+    assert torch.equal(load_tensor_file(tmp_path / "f.safetensors")["a"], x)
+    assert read_safetensors_metadata(tmp_path / "f.safetensors") == {"encoder": "demo"}
+    assert torch.equal(load_tensor_file(tmp_path / "f.pt")["a"], x)
+    assert torch.equal(load_tensor_file(tmp_path / "f.npy"), x)
+    assert torch.equal(load_tensor_file(tmp_path / "f.npz")["a"], x)
+
+
+class Evil:  # a module-level class, pickled by torch.save
+    pass
+
+
+def test_tensor_file_errors(tmp_path):
+    with pytest.raises(IrepaError, match="does not exist"):
+        load_tensor_file(tmp_path / "missing.pt")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(IrepaError, match="is empty"):
+        load_tensor_file(tmp_path / "empty.pt")
+    (tmp_path / "junk.safetensors").write_bytes(b"\x00\x01junk")
+    with pytest.raises(IrepaError, match="cannot read features file"):
+        load_tensor_file(tmp_path / "junk.safetensors")
+    (tmp_path / "x.txt").write_text("1")
+    with pytest.raises(IrepaError, match="unsupported extension"):
+        load_tensor_file(tmp_path / "x.txt")
+
+    torch.save({"obj": Evil()}, tmp_path / "evil.pt")  # needs unpickling of a class: refused by weights_only
+    with pytest.raises(IrepaError, match="cannot read features file"):
+        load_tensor_file(tmp_path / "evil.pt")

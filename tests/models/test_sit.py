@@ -194,3 +194,19 @@ def test_bf16_autocast_forward_and_backward():
     (out.out.float().square().mean() + out.hidden.float().mean()).backward()
     assert model.x_embedder.proj.weight.grad is not None
     assert model.pos_embed.grad is None and not model.pos_embed.requires_grad
+
+
+@pytest.mark.gpu
+def test_cuda_fused_attention_matches_cpu_and_jvp_runs_on_math_backend():
+    model = randomize(tiny(time_interval=True))
+    x, t, h, y = torch.randn(2, 4, 8, 8), torch.rand(2), torch.rand(2), torch.tensor([1, 2])
+    expected = model(x, t, y, h=h).out
+    cuda = model.cuda()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        got = cuda(x.cuda(), t.cuda(), y.cuda(), h=h.cuda()).out.float().cpu()
+    torch.testing.assert_close(got, expected, atol=5e-2, rtol=5e-2)
+    with math_attention():
+        _, tangent = torch.func.jvp(
+            lambda z: cuda(z, t.cuda(), y.cuda(), h=h.cuda()).out, (x.cuda(),), (torch.ones_like(x).cuda(),)
+        )
+    assert torch.isfinite(tangent).all()

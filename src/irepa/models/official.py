@@ -65,6 +65,8 @@ ALLOWED_GLOBALS: tuple[type, ...] = (argparse.Namespace,)
 SD_VAE_SCALE = 0.18215
 
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+_KWARG_ORDER = ("input_size", "patch_size", "in_channels", "hidden_size", "depth", "num_heads", "mlp_ratio",
+                "num_classes", "null_class", "qk_norm", "time_interval")  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -137,19 +139,19 @@ def _rename_legacy_decoder_blocks(state: dict[str, torch.Tensor]) -> dict[str, t
 # Architecture detection
 
 
-def _head_count(width: int, state: Mapping[str, torch.Tensor], names: list[str]) -> tuple[int, str]:
+def _head_count(width: int, state: Mapping[str, torch.Tensor], names: list[str]) -> int:
     """Heads for a SiT of this width: from a model name, QK-norm weights, or the standard configs."""
     for name in names:
         if name in MODELS:
-            size = SIT_SIZES[name.split("-")[1].split("/")[0]]
-            if size["hidden_size"] == width:
-                return size["num_heads"], f"the model name {name!r}"
+            defaults = MODELS.get(name).defaults
+            if defaults["hidden_size"] == width:
+                return defaults["num_heads"]
     q_norm = state.get("blocks.0.attn.q_norm.weight")
     if q_norm is not None and width % q_norm.shape[0] == 0:
-        return width // q_norm.shape[0], "the QK-norm width"
-    for size_name, size in SIT_SIZES.items():
+        return width // q_norm.shape[0]
+    for size in SIT_SIZES.values():
         if size["hidden_size"] == width:
-            return size["num_heads"], f"the SiT-{size_name} width"
+            return size["num_heads"]
     raise IrepaError(
         f"cannot tell the number of attention heads of a SiT of width {width} from its weights; "
         "name the architecture (irepa convert --model SiT-XL/2, or model_name=...)"
@@ -197,8 +199,24 @@ def detect_architecture(
     fc1 = state.get("blocks.0.mlp.fc1.weight")
     mlp_ratio = float(fc1.shape[0]) / width if fc1 is not None else 4.0
 
-    hint_names = [n for n in (model_name, args.get("model")) if isinstance(n, str)]
-    num_heads, _ = _head_count(width, state, hint_names)
+    if model_name is not None:
+        # A named architecture wins over the detected one: a checkpoint of another size then fails the strict
+        # key/shape check with the mismatched keys named. Data-dependent fields stay as detected.
+        defaults = MODELS.get(model_name).defaults  # unknown names fail here, with suggestions
+        patch_size = defaults["patch_size"]
+        kwargs = {
+            "input_size": side * patch if (side * patch) % patch_size == 0 else side * patch_size,
+            "in_channels": in_channels,
+            "mlp_ratio": mlp_ratio,
+            "num_classes": num_classes,
+            "null_class": null_class,
+            "qk_norm": "blocks.0.attn.q_norm.weight" in state,
+            "time_interval": "h_embedder.mlp.0.weight" in state,
+            **defaults,
+        }
+        return MODELS.canonical(model_name), {key: kwargs[key] for key in _KWARG_ORDER}
+    arg_model = args.get("model")
+    num_heads = _head_count(width, state, [arg_model] if isinstance(arg_model, str) else [])
     kwargs: dict[str, Any] = {
         "input_size": side * patch,
         "patch_size": patch,
@@ -212,13 +230,6 @@ def detect_architecture(
         "qk_norm": "blocks.0.attn.q_norm.weight" in state,
         "time_interval": "h_embedder.mlp.0.weight" in state,
     }
-    if model_name is not None:
-        MODELS.get(model_name)  # unknown names fail here, with suggestions
-        size = SIT_SIZES[model_name.split("-")[1].split("/")[0]]
-        kwargs.update(size, patch_size=int(model_name.rsplit("/", 1)[1]))
-        if kwargs["input_size"] % kwargs["patch_size"]:
-            kwargs["input_size"] = side * kwargs["patch_size"]
-        return model_name, kwargs
     if patch not in PATCH_SIZES:
         raise IrepaError(f"SiT patch size {patch} is not one of the registered {PATCH_SIZES}")
     name = next(
@@ -230,7 +241,6 @@ def detect_architecture(
         None,
     )
     if name is None:  # a non-standard size: the closest registered name, every field given explicitly
-        arg_model = args.get("model")
         name = arg_model if isinstance(arg_model, str) and arg_model in MODELS else f"SiT-S/{patch}"
     return name, kwargs
 

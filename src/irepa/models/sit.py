@@ -275,7 +275,8 @@ SIT_SIZES: dict[str, dict[str, int]] = {
 }
 PATCH_SIZES = (1, 2, 4, 8)
 
-#: Model factories by name ("SiT-XL/2", ...); each accepts :class:`SiT` keyword overrides.
+#: Model factories by name ("SiT-XL/2", ...); each accepts :class:`SiT` keyword overrides and exposes its
+#: architecture defaults as ``factory.defaults`` (depth, hidden_size, num_heads, patch_size).
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 
 _SIT_KWARGS = (
@@ -303,6 +304,7 @@ def _sit_factory(name: str, size: dict[str, int], patch_size: int) -> Callable[.
             kwargs["input_size"] = tuple(kwargs["input_size"])
         return SiT(**kwargs)
 
+    factory.defaults = {**size, "patch_size": patch_size}  # type: ignore[attr-defined]
     factory.__name__ = factory.__qualname__ = f"sit_{name.split('-')[1].replace('/', '_').lower()}"
     factory.__doc__ = (
         f"{name}: depth {size['depth']}, width {size['hidden_size']}, {size['num_heads']} heads, patch {patch_size}."

@@ -184,6 +184,9 @@ def test_checkpoint_of_another_architecture_names_the_mismatched_keys(tmp_path):
     with pytest.raises(IrepaError, match=r"does not match SiT-B/2 .*missing keys blocks\.1\..*shape mismatches .*"
                                          r"x_embedder\.proj\.weight \(384, 4, 2, 2\) vs \(768, 4, 2, 2\)"):  # fmt: skip
         load_official_checkpoint(path, model_name="SiT-B/2")
+    torch.save(sit_state(dict(QK, qk_norm=False, heads=None)), path)  # heads unknowable, but the name decides
+    with pytest.raises(IrepaError, match=r"does not match SiT-B/2 .*missing keys blocks\.2\."):
+        load_official_checkpoint(path, model_name="SiT-B/2")
     extra = {**sit_state(QK), "blocks.0.attn.rope.freqs": torch.zeros(4)}
     torch.save(extra, path)
     with pytest.raises(IrepaError, match=r"unexpected keys blocks\.0\.attn\.rope\.freqs"):

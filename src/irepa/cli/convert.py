@@ -153,7 +153,8 @@ def run(args: argparse.Namespace) -> int:
 
     kw = ckpt.model_kwargs
     classes = f"{kw['num_classes']} classes" + (" + null" if kw["null_class"] else "")
-    print(f"read      {args.checkpoint} ({ckpt.origin}, {ckpt.container}, {ckpt.which} weights, steps {ckpt.steps})")
+    steps = f", step {ckpt.steps}" if ckpt.steps is not None else ""
+    print(f"read      {args.checkpoint} ({ckpt.origin}, {ckpt.container}, {ckpt.which} weights{steps})")
     print(
         f"model     {ckpt.model_name}: depth {kw['depth']}, width {kw['hidden_size']}, {kw['num_heads']} heads, "
         f"patch {kw['patch_size']}, input {kw['input_size']}x{kw['input_size']}x{kw['in_channels']}, {classes}, "

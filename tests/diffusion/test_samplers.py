@@ -294,3 +294,19 @@ def test_bad_inputs():
         )
     with pytest.raises(IrepaError, match="heun_guidance_time"):
         heun_sample(velocity, path, noise, torch.zeros(2, dtype=torch.long), num_steps=2, heun_guidance_time="x")
+
+
+def test_sample_labels_schemes():
+    from irepa.diffusion.samplers import sample_labels
+
+    balanced = sample_labels(1000, 10, "balanced", seed=0)
+    assert torch.equal(torch.bincount(balanced, minlength=10), torch.full((10,), 100))
+    assert not torch.equal(balanced, torch.arange(1000) % 10)  # shuffled, so every batch mixes classes
+    uneven = torch.bincount(sample_labels(1003, 10, "balanced", seed=0), minlength=10)
+    assert uneven.max() - uneven.min() == 1
+    random = sample_labels(1000, 10, "random", seed=0)
+    assert random.min() >= 0 and random.max() < 10
+    assert torch.equal(random, sample_labels(1000, 10, "random", seed=0))
+    assert not torch.equal(random, sample_labels(1000, 10, "random", seed=1))
+    with pytest.raises(IrepaError, match="scheme"):
+        sample_labels(10, 10, "uniform", seed=0)

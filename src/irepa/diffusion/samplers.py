@@ -58,6 +58,7 @@ __all__ = [
     "guidance_active",
     "heun_sample",
     "sample_generators",
+    "sample_labels",
     "sde_sample",
     "time_grid",
 ]
@@ -122,6 +123,32 @@ def sample_generators(indices: Sequence[int] | torch.Tensor, seed: int, device: 
     device. CUDA generators are faster for large SDE batches but draw different numbers than CPU ones.
     """
     return [torch.Generator(device=device).manual_seed(generator_seed(seed, int(i))) for i in indices]
+
+
+#: Index reserved for the labels generator of a run (no sample has it: runs hold fewer than 2^32 - 1 samples).
+LABELS_INDEX = 2**32 - 1
+
+
+def sample_labels(num_samples: int, num_classes: int, scheme: Literal["random", "balanced"], seed: int) -> torch.Tensor:
+    """Class labels (N,) int64 of a whole run, the same on every rank.
+
+    ``random``: i.i.d. uniform labels (REPA / iREPA / REPA-E / ADM / DiT). ``balanced``: ``arange(N) % K`` in a
+    random order, exactly ``N / K`` per class when ``K`` divides ``N`` (JiT, EDM), otherwise counts differ by at
+    most one. Both draw from one CPU generator seeded with ``generator_seed(seed, 2^32 - 1)``, an index no sample
+    uses, so the labels never share a stream with a sample's noise.
+
+    Raises:
+        IrepaError: Unknown scheme, ``num_classes < 1`` or ``num_samples < 1``.
+    """
+    if num_samples < 1 or num_classes < 1:
+        raise IrepaError(f"need num_samples >= 1 and num_classes >= 1, got {num_samples} and {num_classes}")
+    gen = torch.Generator().manual_seed(generator_seed(seed, LABELS_INDEX))
+    if scheme == "random":
+        return torch.randint(num_classes, (num_samples,), generator=gen)
+    if scheme == "balanced":
+        labels = torch.arange(num_samples) % num_classes
+        return labels[torch.randperm(num_samples, generator=gen)]
+    raise IrepaError(f"unknown label scheme {scheme!r}; use 'random' or 'balanced'")
 
 
 def draw_noise(shape: Sequence[int], generators: Generators, *, device: torch.device | str) -> torch.Tensor:

@@ -84,8 +84,8 @@ class EncoderSpace:
 class ClipEmbeddingSpace:
     """L2-normalized CLIP image embeddings from a local ``transformers`` folder (``CLIPVisionModelWithProjection``).
 
-    Preprocessing as CLIP's image processor: bicubic resize of the short side to the model's image size, centre
-    crop, [0, 1] scaling, CLIP mean/std.
+    Preprocessing as the CMMD reference code: [0, 1] scaling, bicubic resize to the model's image size (336 px
+    for CMMD's model; the short side, then a centre crop for non-square images), CLIP mean/std.
 
     Args:
         model_dir: Folder written by ``save_pretrained`` (``config.json`` + weights), e.g. a local copy of
@@ -124,7 +124,8 @@ class ClipEmbeddingSpace:
         h, w = x.shape[-2:]
         scale = self.size / min(h, w)
         new_h, new_w = max(self.size, round(h * scale)), max(self.size, round(w * scale))
-        x = F.interpolate(x, size=(new_h, new_w), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+        # Plain bicubic (no antialias, no clamp), as the CMMD reference implementations resize.
+        x = F.interpolate(x, size=(new_h, new_w), mode="bicubic", align_corners=False)
         top, left = (new_h - self.size) // 2, (new_w - self.size) // 2
         x = x[..., top : top + self.size, left : left + self.size]
         mean = torch.tensor(self.MEAN, device=x.device)[:, None, None]

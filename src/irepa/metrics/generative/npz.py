@@ -9,6 +9,7 @@ statistics) are ignored by ADM's tools.
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -20,6 +21,7 @@ from irepa.errors import IrepaError
 from irepa.utils.io import atomic_write
 
 __all__ = [
+    "IndexedImageWriter",
     "NpzArrayReader",
     "check_image_array",
     "count_non_finite",
@@ -34,7 +36,7 @@ _COPY_CHUNK = 64 << 20
 
 def _open_zip(path: Path) -> zipfile.ZipFile:
     if not path.is_file():
-        raise IrepaError(f"npz file {str(path)!r} does not exist")
+        raise IrepaError(f"npz file {str(path)!r} does not exist (or is not a file)")
     try:
         return zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:
@@ -200,3 +202,115 @@ def remove_quietly(*paths: Path) -> None:
     for p in paths:
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
+
+
+class IndexedImageWriter:
+    """Collects uint8 images (N, H, W, 3) written by sample index, from one or many processes, into an ADM ``.npz``.
+
+    The rows live in a memory-mapped ``images.npy`` inside a work folder, with a status byte per row (0 pending,
+    1 done, 2 non-finite) in ``status.npy`` and the writer's ``fingerprint`` (what is being generated) in
+    ``fingerprint.json``. Processes write disjoint rows, so any number of ranks can share the folder (it must be
+    on a filesystem they all see: one node, or a cluster filesystem). Rows are flushed before their status, so
+    after a crash :meth:`pending` lists exactly what is left and re-running resumes. :meth:`finalize` streams the
+    rows into the ``.npz`` (never holding the array in memory) and deletes the work folder.
+
+    Use :meth:`create` on one process (it reopens a folder with the same fingerprint: resume), then :meth:`open`
+    on the others.
+    """
+
+    PENDING, DONE, NON_FINITE = 0, 1, 2
+
+    def __init__(self, work_dir: Path) -> None:
+        self.work_dir = Path(work_dir)
+        try:
+            self.fingerprint = json.loads((self.work_dir / "fingerprint.json").read_text())
+            self.images = np.load(self.work_dir / "images.npy", mmap_mode="r+")
+            self.status = np.load(self.work_dir / "status.npy", mmap_mode="r+")
+        except (OSError, ValueError) as exc:
+            raise IrepaError(
+                f"work folder {str(self.work_dir)!r} is incomplete or corrupt ({exc}); delete it and start again"
+            ) from exc
+
+    @classmethod
+    def create(cls, work_dir: str | Path, num: int, image_shape: tuple[int, int, int], fingerprint: dict):
+        """Create the work folder, or reopen it if it holds the same ``fingerprint`` (resume).
+
+        Raises:
+            IrepaError: If the folder exists with a different fingerprint (another recipe).
+        """
+        work_dir = Path(work_dir)
+        meta = work_dir / "fingerprint.json"
+        fingerprint = json.loads(json.dumps(fingerprint))  # normalize (tuples -> lists) for comparison
+        if meta.is_file():
+            try:
+                existing = json.loads(meta.read_text())
+            except (OSError, ValueError):
+                existing = None
+            if existing != fingerprint:
+                differing = sorted(
+                    k for k in set(fingerprint) | set(existing or {}) if (existing or {}).get(k) != fingerprint.get(k)
+                )
+                raise IrepaError(
+                    f"work folder {str(work_dir)!r} holds an unfinished run of another recipe (differs in: "
+                    f"{', '.join(differing) or 'everything'}); finish it with the same command or delete the folder"
+                )
+            return cls(work_dir)
+        work_dir.mkdir(parents=True, exist_ok=True)
+        np.lib.format.open_memmap(work_dir / "images.npy", mode="w+", dtype=np.uint8, shape=(num, *image_shape)).flush()
+        np.lib.format.open_memmap(work_dir / "status.npy", mode="w+", dtype=np.uint8, shape=(num,)).flush()
+        with atomic_write(meta, "w") as f:  # written last: its presence marks a complete folder
+            json.dump(fingerprint, f, indent=2)
+        return cls(work_dir)
+
+    @classmethod
+    def open(cls, work_dir: str | Path) -> IndexedImageWriter:
+        """Open a folder made by :meth:`create` (on another process)."""
+        return cls(Path(work_dir))
+
+    def __len__(self) -> int:
+        return int(self.status.shape[0])
+
+    def pending(self, indices: np.ndarray | None = None) -> np.ndarray:
+        """Indices (among ``indices``, default all) not yet written."""
+        indices = np.arange(len(self)) if indices is None else np.asarray(indices)
+        return indices[self.status[indices] == self.PENDING]
+
+    def write(self, indices: np.ndarray, images: np.ndarray, finite: np.ndarray | None = None) -> None:
+        """Store ``images`` (B, H, W, 3) uint8 at rows ``indices``; rows with ``finite == False`` are marked bad."""
+        indices = np.asarray(indices)
+        if images.shape[1:] != self.images.shape[1:] or images.dtype != np.uint8:
+            raise IrepaError(
+                f"images of shape {images.shape[1:]} {images.dtype} do not fit rows of {self.images.shape[1:]} uint8"
+            )
+        self.images[indices] = images
+        self.images.flush()
+        ok = np.ones(len(indices), dtype=bool) if finite is None else np.asarray(finite, dtype=bool)
+        self.status[indices] = np.where(ok, self.DONE, self.NON_FINITE)
+        self.status.flush()
+
+    def non_finite(self) -> np.ndarray:
+        """Indices whose samples had non-finite values."""
+        return np.flatnonzero(self.status == self.NON_FINITE)
+
+    def finalize(self, out: str | Path, extra: Mapping[str, np.ndarray] | None = None) -> None:
+        """Write ``out`` (``arr_0`` = the images, plus ``extra`` arrays) and delete the work folder.
+
+        Raises:
+            IrepaError: If rows are still pending or some were non-finite (naming how many and which).
+        """
+        bad = self.non_finite()
+        if bad.size:
+            shown = ", ".join(str(i) for i in bad[:10]) + (", ..." if bad.size > 10 else "")
+            raise IrepaError(
+                f"{bad.size} of {len(self)} samples have non-finite values (indices {shown}); nothing was written. "
+                "Check the model weights and sampling precision (try --dtype float32); delete "
+                f"{str(self.work_dir)!r} to start over"
+            )
+        left = self.pending()
+        if left.size:
+            raise IrepaError(f"{left.size} samples are not generated yet; re-run the same command to finish")
+        self.images.flush()
+        images_path = self.work_dir / "images.npy"
+        del self.images, self.status
+        write_npz(out, {"arr_0": images_path, **dict(extra or {})})
+        shutil.rmtree(self.work_dir)

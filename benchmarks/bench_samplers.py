@@ -16,18 +16,19 @@ from irepa.diffusion.samplers import SAMPLERS, sample_generators
 from irepa.models import build_model
 
 
-def _time(fn, repeats: int) -> float:
-    fn()  # warm-up
+def _time(fn, repeats: int):
+    """Best wall time of ``repeats`` calls after one warm-up call; returns ``(seconds, last result)``."""
+    out = fn()  # warm-up
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        fn()
+        out = fn()
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - start)
-    return best
+    return best, out
 
 
 def main(quick: bool = False) -> dict:
@@ -35,9 +36,9 @@ def main(quick: bool = False) -> dict:
     torch.manual_seed(0)
     overrides = {"depth": 2} if quick else {}
     model = build_model("SiT-S/2", **overrides).to(device).eval()
-    batch = 4 if quick else 16
+    batch = 4 if quick else 8
     steps = 4 if quick else 10
-    repeats = 1 if quick else 3
+    repeats = 1 if quick else 2
     path = get_path("linear")
     labels = torch.randint(0, 1000, (batch,), device=device)
     noise = torch.randn(batch, 4, 32, 32, device=device)
@@ -46,6 +47,8 @@ def main(quick: bool = False) -> dict:
     def velocity(x, t, y):
         return model(x, t, y).out
 
+    if device == "cuda" and not quick:
+        batch, steps = 64, 50
     results = {"device": device, "model": f"SiT-S/2 {overrides or ''}".strip(), "batch": batch, "steps": steps}
     rows = []
     for name in ("euler", "heun", "sde"):
@@ -58,8 +61,8 @@ def main(quick: bool = False) -> dict:
                     velocity, path, noise, labels, num_steps=steps, cfg_scale=cfg, null_label=1000, generator=gens
                 )
 
-            seconds = _time(call, repeats)
-            nfe = call().nfe
+            seconds, result = _time(call, repeats)
+            nfe = result.nfe
             rows.append(
                 {
                     "sampler": name,
@@ -81,10 +84,10 @@ def main(quick: bool = False) -> dict:
     labels64 = torch.zeros(big, dtype=torch.long, device=device)
     overhead = {}
     for label, gens in (("per_sample_generators", sample_generators(range(big), 0)), ("one_generator", None)):
-        seconds = _time(lambda gens=gens: SAMPLERS.get("sde")(zero, path, noise64, labels64, num_steps=steps,
+        seconds, _ = _time(lambda gens=gens: SAMPLERS.get("sde")(zero, path, noise64, labels64, num_steps=steps,
                                                               generator=gens), repeats)  # fmt: skip
         overhead[f"sde_{label}_ms_per_step_batch64"] = round(1000 * seconds / steps, 3)
-    seconds = _time(lambda: SAMPLERS.get("euler")(zero, path, noise64, labels64, num_steps=steps), repeats)
+    seconds, _ = _time(lambda: SAMPLERS.get("euler")(zero, path, noise64, labels64, num_steps=steps), repeats)
     overhead["euler_ms_per_step_batch64"] = round(1000 * seconds / steps, 3)
     results["overhead"] = overhead
     return results

@@ -172,11 +172,20 @@ def test_non_finite_samples_are_an_error(run_cli, tmp_path):
         (("--steps", "0"), "--steps must be >= 1"),
         (("--guidance-low", "0.8", "--guidance-high", "0.2"), "guidance interval"),
         (("--batch-size", "0"), "--batch-size"),
+        (("--seed", "-1"), "--seed must be >= 0"),
     ],
 )
 def test_bad_arguments(run_cli, snapshot, tmp_path, extra, message):
     res = run_cli(*base_args(snapshot, tmp_path / "x.npz"), *extra)
     assert res.code == 2 and message in res.err
+
+
+def test_bfloat16_forward_runs_and_is_recorded(run_cli, snapshot, tmp_path):
+    out = tmp_path / "bf16.npz"
+    res = run_cli(*base_args(snapshot, out), "--dtype", "bfloat16", "--sampler", "heun", "--steps", "2")
+    assert res.code == 0, res
+    card = json.loads((tmp_path / "bf16.recipe.json").read_text())
+    assert card["sampler"]["dtype"] == "bfloat16" and card["sampler"]["nfe_per_sample"] == 3
 
 
 def test_existing_output_and_missing_snapshot(run_cli, snapshot, tmp_path):

@@ -192,8 +192,8 @@ def test_eval_fd_with_a_zoo_encoder(run_cli, tmp_path, monkeypatch):
 
     seen = {}
 
-    def load_encoder(name, *, weights=None, device="cpu"):
-        seen.update(name=name, weights=weights)
+    def load_encoder(name, *, resolution=256, weights=None, device="cpu"):
+        seen.update(name=name, weights=weights, resolution=resolution)
         return Encoder()
 
     monkeypatch.setitem(sys.modules, "irepa.encoders", types.SimpleNamespace(load_encoder=load_encoder))
@@ -203,7 +203,7 @@ def test_eval_fd_with_a_zoo_encoder(run_cli, tmp_path, monkeypatch):
     res = run_cli("eval", "fd", tmp_path / "s.npz", "--ref", tmp_path / "r.npz", "--feature-space",
                   "encoder:dinov2-vit-b", "--pooling", "cls", "--encoder-weights", weights)  # fmt: skip
     assert res.code == 0, res
-    assert seen == {"name": "dinov2-vit-b", "weights": weights}
+    assert seen == {"name": "dinov2-vit-b", "weights": weights, "resolution": 8}
     result = json.loads((tmp_path / "s.fd.json").read_text())
     assert result["feature_space"]["name"] == "dinov2-vit-b:cls" and result["feature_space"]["dim"] == 3
     assert result["metrics"]["fd"] > 0 and result["metrics"]["cmmd"] is None

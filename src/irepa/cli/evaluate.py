@@ -283,7 +283,7 @@ def run_ref(args: argparse.Namespace) -> int:
     return 0
 
 
-def _feature_space(args: argparse.Namespace, device: str):
+def _feature_space(args: argparse.Namespace, device: str, resolution: int):
     spec = args.feature_space
     if not spec:
         raise IrepaError("irepa eval fd needs --feature-space (encoder:NAME, clip:DIR or inception)")
@@ -306,7 +306,7 @@ def _feature_space(args: argparse.Namespace, device: str):
                 f"feature space {spec!r} needs the encoder zoo (irepa.encoders.load_encoder), which this installation "
                 "lacks; use clip:DIR or inception"
             ) from exc
-        encoder = load_encoder(value, weights=args.encoder_weights, device=device)
+        encoder = load_encoder(value, resolution=resolution, weights=args.encoder_weights, device=device)
         return EncoderSpace(encoder, args.pooling, name=value)
     raise IrepaError(f"unknown feature space {spec!r}; use encoder:NAME, clip:DIR or inception")
 
@@ -327,8 +327,12 @@ def run_fd(args: argparse.Namespace) -> int:
     _check_positive("--batch-size", args.batch_size)
     samples = Path(args.samples)
     device = _device(args.device)
-    space = _feature_space(args, device)
     sample_file = open_samples(samples, args.num_samples)
+    try:
+        space = _feature_space(args, device, resolution=sample_file.image_size[0])
+    except BaseException:
+        sample_file.source.close()
+        raise
     ref_source = ImageSource(args.ref, resolution=args.resolution)
     try:
         if ref_source.image_size != sample_file.image_size and not args.allow_size_mismatch:

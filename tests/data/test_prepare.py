@@ -106,9 +106,3 @@ def test_resume_after_crash_rewrites_only_broken_shards(tmp_path):
     with pytest.raises(IrepaError, match="resolution was 8, now 16"):
         prepare_folder_store(root, out, resolution=16, shard_size=3, workers=1)
 
-
-def test_worker_processes_give_identical_bytes(tmp_path):
-    root = make_folder(tmp_path / "imgs", per_class=3)
-    prepare_folder_store(root, tmp_path / "one", resolution=8, shard_size=2, workers=1)
-    prepare_folder_store(root, tmp_path / "two", resolution=8, shard_size=2, workers=2)
-    assert open_store(tmp_path / "one").fingerprint == open_store(tmp_path / "two").fingerprint

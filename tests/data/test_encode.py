@@ -108,7 +108,7 @@ def test_resume_after_crash_and_settings_mismatch(setup, tmp_path):
 def test_rank_split_and_finalize(setup, tmp_path):
     base, vae = setup
     assert assign_shards(7, 0, 3) == [0, 3, 6] and assign_shards(7, 2, 3) == [2, 5]
-    assert sorted(sum((assign_shards(7, r, 3) for r in range(3)), [])) == list(range(7))
+    assert sorted(s for r in range(3) for s in assign_shards(7, r, 3)) == list(range(7))
     with pytest.raises(IrepaError, match="rank 3 is not in"):
         assign_shards(7, 3, 3)
     encode_latent_store(base / "images", tmp_path / "one", vae, batch_size=4)

@@ -52,6 +52,12 @@ def test_outputs_float32_under_autocast():
 def test_dict_round_trip_and_stats_file(tmp_path):
     norm = latent_normalization("per-channel", STATS)
     assert LatentNormalization.from_dict(norm.to_dict()) == norm
+    # The snapshot metadata format of irepa.models.io: sd-scalar scale/bias, per-channel mean/std.
+    assert latent_normalization("sd-scalar").to_dict() == {"kind": "sd-scalar", "scale": 0.18215, "bias": 0.0}
+    assert LatentNormalization.from_dict({"kind": "per-channel", **STATS}) == norm
+    assert norm.to_dict()["std"] == STATS["std"] and norm.to_dict()["mean"] == STATS["mean"]
+    with pytest.raises(IrepaError, match="sd-scalar latent normalization has bias 0"):
+        LatentNormalization.from_dict({"kind": "sd-scalar", "scale": 0.2, "bias": 0.1})
     path = tmp_path / "sdvae-ft-mse-f8d4-latents-stats.pt"
     scale = 1 / torch.tensor(STATS["std"], dtype=torch.float64)
     torch.save({"latents_scale": scale.view(1, 4, 1, 1), "latents_bias": torch.tensor(STATS["mean"]).view(1, 4, 1, 1)},
@@ -75,8 +81,10 @@ def test_bad_normalizations():
         latent_normalization("per-channel", {"mean": [0.0, 1.0], "std": [1.0]})
     with pytest.raises(IrepaError, match="finite positive scales"):
         LatentNormalization("x", (float("nan"),), (0.0,))
-    with pytest.raises(IrepaError, match="needs 'kind', 'scale' and 'bias'"):
-        LatentNormalization.from_dict({"kind": "sd-scalar"})
+    with pytest.raises(IrepaError, match="is malformed"):
+        LatentNormalization.from_dict({"kind": "per-channel", "mean": [0.0]})
+    with pytest.raises(IrepaError, match="kind 'z' is not one of"):
+        LatentNormalization.from_dict({"kind": "z"})
 
 
 def test_sample_latents():

@@ -97,7 +97,7 @@ def test_completed_detects_partial_and_corrupt_shards(tmp_path):
 
 
 def test_stale_temporaries_are_removed_on_rewrite(tmp_path):
-    build, names = _build(tmp_path / "s")
+    _, names = _build(tmp_path / "s")
     stale = tmp_path / "s" / f".{names[0]}.images.npy.abc.tmp"
     stale.write_bytes(b"half")
     other = tmp_path / "s" / f".{names[1]}.images.npy.abc.tmp"
@@ -165,7 +165,7 @@ def test_open_detects_missing_truncated_and_tampered_files(tmp_path):
     with pytest.raises(IrepaError, match=r"has \d+ bytes, the manifest says \d+ \(truncated or replaced\)"):
         open_store(tmp_path / "s")
     images.unlink()
-    with pytest.raises(IrepaError, match="missing shard file shard-00001.images.npy"):
+    with pytest.raises(IrepaError, match=r"missing shard file shard-00001\.images\.npy"):
         open_store(tmp_path / "s")
     images.write_bytes(data)
     record = tmp_path / "s" / "shard-00000.json"

@@ -87,9 +87,9 @@ def test_missing_weights_messages(tmp_path):
     assert "'stabilityai/sd-vae-ft-mse'" in message and "downloads are off (offline)" in message
     assert "huggingface-cli download stabilityai/sd-vae-ft-mse" in message and "--vae-weights" in message
     assert str(tmp_path / "cache") in message and "\n" not in message
-    with pytest.raises(WeightsNotFoundError, match="has no config.json"):
+    with pytest.raises(WeightsNotFoundError, match=r"has no config\.json"):
         load_vae("stabilityai/sd-vae-ft-mse", weights=tmp_path)
-    with pytest.raises(WeightsNotFoundError, match="has no config.json"):
+    with pytest.raises(WeightsNotFoundError, match=r"has no config\.json"):
         load_vae(str(tmp_path / "does-not-exist"))
     with pytest.raises(IrepaError, match="dtype 'float8'"):
         load_vae(str(tmp_path), dtype="float8")

@@ -91,16 +91,44 @@ class LatentNormalization:
             return latents.float() / scale + bias
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-safe form (stored in inference snapshots' metadata)."""
-        return {"kind": self.kind, "scale": list(self.scale), "bias": list(self.bias)}
+        """JSON-safe form, as stored in inference snapshots (:mod:`irepa.models.io`).
+
+        ``{"kind": "sd-scalar", "scale": s, "bias": 0.0}`` or ``{"kind": "per-channel", "mean": [...],
+        "std": [...], "scale": [...]}`` (``scale`` = 1/std as used, kept so a round trip is bit-exact).
+        """
+        if self.kind == "sd-scalar":
+            return {"kind": self.kind, "scale": self.scale[0], "bias": self.bias[0]}
+        return {
+            "kind": self.kind,
+            "mean": list(self.bias),
+            "std": [1.0 / s for s in self.scale],
+            "scale": list(self.scale),
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LatentNormalization:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict`; also accepts ``per-channel`` given by ``mean`` and ``std`` only."""
+        kind = data.get("kind")
         try:
-            return cls(str(data["kind"]), tuple(float(s) for s in data["scale"]), tuple(float(b) for b in data["bias"]))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise IrepaError(f"latent normalization {dict(data)!r} needs 'kind', 'scale' and 'bias' lists") from exc
+            if kind == "sd-scalar":
+                scale, bias = data.get("scale", SD_SCALE), data.get("bias", 0.0)
+                scale = scale[0] if isinstance(scale, Sequence) else scale
+                bias = bias[0] if isinstance(bias, Sequence) else bias
+                if float(bias) != 0.0:
+                    raise IrepaError(
+                        f"an sd-scalar latent normalization has bias 0 (z * scale), got bias {bias}; use per-channel"
+                    )
+                return cls("sd-scalar", (float(scale),), (0.0,))
+            if kind == "per-channel":
+                mean = [float(m) for m in data["mean"]]
+                if "scale" in data:
+                    scale = [float(s) for s in data["scale"]]
+                else:
+                    scale = [1.0 / float(s) for s in data["std"]]
+                return cls("per-channel", tuple(scale), tuple(mean))
+        except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
+            raise IrepaError(f"latent normalization {dict(data)!r} is malformed: {exc}") from exc
+        raise IrepaError(f"latent normalization kind {kind!r} is not one of 'sd-scalar', 'per-channel'")
 
     @classmethod
     def from_stats_file(cls, path: str | Path) -> LatentNormalization:

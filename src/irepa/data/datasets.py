@@ -153,18 +153,20 @@ class StoreDataset(Dataset):
         flipped = bool(self.flips(epoch, [index])[0])
         out: dict[str, torch.Tensor] = {}
         if self.image_store is not None:
-            image = self.image_store.read("images", index)  # (H, W, 3)
+            image = self.image_store.read("images", index, copy=False)  # (H, W, 3) view of the map
             if flipped:
-                image = np.ascontiguousarray(image[:, ::-1])
-            out["image"] = torch.from_numpy(image).permute(2, 0, 1).contiguous()
+                image = image[:, ::-1]
+            # One copy: flip and HWC -> CHW together (numpy's strided copy is ~3x faster than torch's here).
+            out["image"] = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
             if self.masks:
-                mask = self.image_store.read("masks", index)
-                out["mask"] = torch.from_numpy(np.ascontiguousarray(mask[:, ::-1]) if flipped else mask)
+                mask = self.image_store.read("masks", index, copy=False)
+                out["mask"] = torch.from_numpy(np.ascontiguousarray(mask[:, ::-1] if flipped else mask))
             label = self.image_store.read("labels", index)
         if self.latent_store is not None:
             latent_index = index if self._latent_index is None else int(self._latent_index[index])
             field = "moments_flip" if flipped else "moments"
-            out["moments"] = torch.from_numpy(self.latent_store.read(field, latent_index).astype(np.float32))
+            moments = self.latent_store.read(field, latent_index, copy=False)
+            out["moments"] = torch.from_numpy(np.array(moments, dtype=np.float32))
             if self.image_store is None:
                 label = self.latent_store.read("labels", latent_index)
         out["label"] = torch.tensor(int(label), dtype=torch.int64)

@@ -544,10 +544,18 @@ class Store:
             self._maps.popitem(last=False)
         return array
 
-    def read(self, field: str, index: int) -> np.ndarray:
-        """A copy of ``field`` of record ``index`` (e.g. ``images``: uint8 (H, W, 3))."""
+    def read(self, field: str, index: int, *, copy: bool = True) -> np.ndarray:
+        """``field`` of record ``index`` (e.g. ``images``: uint8 (H, W, 3)).
+
+        Args:
+            field: Field name.
+            index: Global record index.
+            copy: Return a copy (default); ``False`` returns a read-only view into the memory map, valid until the
+                map is evicted (copy it before reading many other shards).
+        """
         shard, offset = self.locate(index)
-        return np.array(self._array(shard, field)[offset])
+        row = self._array(shard, field)[offset]
+        return np.array(row) if copy else row
 
     def read_shard(self, field: str, shard: int) -> np.ndarray:
         """The memory-mapped ``field`` array of a whole shard (read-only)."""

@@ -56,6 +56,12 @@ def test_bad_inputs_skip_or_fail_and_conversions(tmp_path):
     reasons = {s["key"]: s["reason"] for r in records for s in r["skipped"]}
     assert "16-bit" in reasons["dog/deep"] and "cannot read image 'dog/broken'" in reasons["dog/broken"]
     assert str(root) not in json.dumps(records)  # shard records do not depend on where the folder lives
+    bad = tmp_path / "bad"
+    (bad / "c").mkdir(parents=True)
+    (bad / "c" / "x.png").write_bytes(b"junk")
+    with pytest.raises(IrepaError, match=r"no image of .* could be read \(all 1 skipped\)"):
+        prepare_folder_store(bad, tmp_path / "empty-store", resolution=8, workers=1)
+    assert not (tmp_path / "empty-store" / "manifest.json").exists()
     with pytest.raises(IrepaError, match=r"cannot read image .*broken.jpg.*\(pass --on-error skip"):
         prepare_folder_store(root, tmp_path / "strict", resolution=8, workers=1, on_error="fail")
 

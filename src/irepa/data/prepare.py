@@ -213,6 +213,9 @@ def prepare_folder_store(
         bar.close()
 
     records = [build.completed(name, verify="size") for name in names]
+    if records and all(r is not None and r["count"] == 0 for r in records):
+        # Refuse before writing a manifest: an empty store would only fail later, in training.
+        raise IrepaError(f"no image of {str(root)!r} could be read (all {len(keys)} skipped); check the files")
     skipped = [s for r in records if r for s in r["skipped"]]
     report.skipped = len(skipped)
     report.converted = sum(r["converted"] for r in records if r)
@@ -235,8 +238,6 @@ def prepare_folder_store(
     manifest = build.finalize(header, names)
     report.count, report.finalized = manifest["count"], True
     report.seconds = time.perf_counter() - start_time
-    if report.count == 0:
-        raise IrepaError(f"no image of {str(root)!r} could be read (all {len(keys)} skipped); check the files")
     return report
 
 

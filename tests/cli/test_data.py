@@ -106,3 +106,15 @@ def test_prepare_with_worker_processes_in_a_real_process(run_cli_subprocess, tmp
 
     prepare_folder_store(root, tmp_path / "one", resolution=16, shard_size=2, workers=1)
     assert open_store(tmp_path / "one").fingerprint == store.fingerprint
+
+
+def test_prepare_synthetic(run_cli, tmp_path):
+    pytest.importorskip("irepa.data.synthetic")  # the align engineer's module; lands separately
+    res = run_cli("data", "prepare", "--synthetic", 20, "--num-classes", 4, "--seed", 1, "--resolution", 16,
+                  "--out", tmp_path / "s", "--shard-size", 8, "--workers", 1)  # fmt: skip
+    assert res.code == 0, res
+    assert "complete, 20 records" in res.out
+    store = open_store(tmp_path / "s")
+    assert store.has_field("masks") and store.num_classes == 4 and store.manifest["source"]["seed"] == 1
+    res = run_cli("data", "info", tmp_path / "s")
+    assert res.code == 0 and "masks bool [16, 16]" in res.out

@@ -245,9 +245,18 @@ def prepare_folder_store(
 # Synthetic data → store
 
 
-def synthetic_key(class_name: str, index: int) -> str:
-    """Key of synthetic image ``index``: ``<class name>/<index, 8 digits>`` (unique; sorts in index order)."""
-    return f"{class_name}/{index:08d}"
+def synthetic_class_folder(label: int, name: str) -> str:
+    """``03_cross``: the class folder of :func:`irepa.data.synthetic.write_folder` (sorts in label order)."""
+    return f"{label:02d}_{name}"
+
+
+def synthetic_key(label: int, name: str, index: int) -> str:
+    """Key of synthetic image ``index``: ``03_cross/000013``.
+
+    The same key as in folders written by :func:`irepa.data.synthetic.write_folder`, so a synthetic store and a
+    store prepared from such a folder pair by key.
+    """
+    return f"{synthetic_class_folder(label, name)}/{index:06d}"
 
 
 def _synthetic_shard(task: dict[str, Any]) -> dict[str, Any]:
@@ -263,7 +272,7 @@ def _synthetic_shard(task: dict[str, Any]) -> dict[str, Any]:
     )
     names = synthetic.class_names(task["num_classes"])
     labels = batch.labels.numpy().astype(np.int64)
-    keys = [synthetic_key(names[label], task["start"] + j) for j, label in enumerate(labels.tolist())]
+    keys = [synthetic_key(label, names[label], task["start"] + j) for j, label in enumerate(labels.tolist())]
     arrays = {
         "images": batch.images.permute(0, 2, 3, 1).contiguous().numpy(),
         "masks": batch.masks.numpy().astype(bool),
@@ -352,7 +361,7 @@ def prepare_synthetic_store(
         },
         "labels": "synthetic",
         "num_classes": num_classes,
-        "class_names": list(names_of_classes),
+        "class_names": [synthetic_class_folder(i, n) for i, n in enumerate(names_of_classes)],
         "skipped": {"count": 0, "keys": []},
         "converted_to_rgb": 0,
     }

@@ -33,15 +33,53 @@ def test_help_of_every_subcommand(run_cli):
 
 def test_prepare_encode_info_verify(run_cli, tmp_path, vae_dir):
     root = _folder(tmp_path / "imgs")
-    res = run_cli("data", "prepare", "--images", root, "--resolution", 16, "--out", tmp_path / "st", "--shard-size", 4,
-                  "--workers", 1)  # fmt: skip
+    res = run_cli(
+        "data",
+        "prepare",
+        "--images",
+        root,
+        "--resolution",
+        16,
+        "--out",
+        tmp_path / "st",
+        "--shard-size",
+        4,
+        "--workers",
+        1,
+    )
     assert res.code == 0, res
     assert "complete, 6 records" in res.out and "2 shards written" in res.out
-    res = run_cli("data", "prepare", "--images", root, "--resolution", 16, "--out", tmp_path / "st", "--shard-size", 4,
-                  "--workers", 1)  # fmt: skip
+    res = run_cli(
+        "data",
+        "prepare",
+        "--images",
+        root,
+        "--resolution",
+        16,
+        "--out",
+        tmp_path / "st",
+        "--shard-size",
+        4,
+        "--workers",
+        1,
+    )
     assert res.code == 0 and "already complete" in res.out
-    res = run_cli("data", "encode", "--store", tmp_path / "st", "--out", tmp_path / "lat", "--vae-weights", vae_dir,
-                  "--flip", "--dtype", "float16", "--batch-size", 4, "--offline")  # fmt: skip
+    res = run_cli(
+        "data",
+        "encode",
+        "--store",
+        tmp_path / "st",
+        "--out",
+        tmp_path / "lat",
+        "--vae-weights",
+        vae_dir,
+        "--flip",
+        "--dtype",
+        "float16",
+        "--batch-size",
+        4,
+        "--offline",
+    )
     assert res.code == 0, res
     assert "complete, 6 records" in res.out
     manifest = open_store(tmp_path / "lat").manifest
@@ -85,8 +123,17 @@ def test_bad_input_exits_2_with_one_line(run_cli, tmp_path, args, message):
 def test_encode_missing_vae_offline(run_cli, tmp_path):
     root = _folder(tmp_path / "imgs", per_class=1)
     assert run_cli("data", "prepare", "--images", root, "--resolution", 16, "--out", tmp_path / "st").code == 0
-    res = run_cli("data", "encode", "--store", tmp_path / "st", "--out", tmp_path / "lat", "--offline",
-                  "--cache-dir", tmp_path / "hf")  # fmt: skip
+    res = run_cli(
+        "data",
+        "encode",
+        "--store",
+        tmp_path / "st",
+        "--out",
+        tmp_path / "lat",
+        "--offline",
+        "--cache-dir",
+        tmp_path / "hf",
+    )
     assert res.code == 2
     assert "VAE 'stabilityai/sd-vae-ft-mse'" in res.err and "--vae-weights" in res.err
     assert not (tmp_path / "lat").exists()
@@ -95,8 +142,20 @@ def test_encode_missing_vae_offline(run_cli, tmp_path):
 def test_prepare_with_worker_processes_in_a_real_process(run_cli_subprocess, tmp_path):
     root = _folder(tmp_path / "imgs")
     (root / "dog" / "broken.png").write_bytes(b"nope")
-    res = run_cli_subprocess("data", "prepare", "--images", root, "--resolution", 16, "--out", tmp_path / "st",
-                             "--shard-size", 2, "--workers", 2)  # fmt: skip
+    res = run_cli_subprocess(
+        "data",
+        "prepare",
+        "--images",
+        root,
+        "--resolution",
+        16,
+        "--out",
+        tmp_path / "st",
+        "--shard-size",
+        2,
+        "--workers",
+        2,
+    )
     assert res.code == 0, res
     assert "complete, 6 records" in res.out and "1 unreadable skipped" in res.out
     store = open_store(tmp_path / "st")
@@ -110,8 +169,24 @@ def test_prepare_with_worker_processes_in_a_real_process(run_cli_subprocess, tmp
 
 def test_prepare_synthetic(run_cli, tmp_path):
     pytest.importorskip("irepa.data.synthetic")  # the align engineer's module; lands separately
-    res = run_cli("data", "prepare", "--synthetic", 20, "--num-classes", 4, "--seed", 1, "--resolution", 16,
-                  "--out", tmp_path / "s", "--shard-size", 8, "--workers", 1)  # fmt: skip
+    res = run_cli(
+        "data",
+        "prepare",
+        "--synthetic",
+        20,
+        "--num-classes",
+        4,
+        "--seed",
+        1,
+        "--resolution",
+        16,
+        "--out",
+        tmp_path / "s",
+        "--shard-size",
+        8,
+        "--workers",
+        1,
+    )
     assert res.code == 0, res
     assert "complete, 20 records" in res.out
     store = open_store(tmp_path / "s")

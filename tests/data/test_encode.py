@@ -143,9 +143,29 @@ def test_two_process_torchrun_encode_matches_one_process(setup, tmp_path):
     base, vae = setup
     encode_latent_store(base / "images", tmp_path / "one", vae, batch_size=4)
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "irepa", "data", "encode",
-           "--store", str(base / "images"), "--out", str(tmp_path / "two"), "--vae", "stabilityai/sd-vae-ft-mse",
-           "--vae-weights", str(base / "vae"), "--batch-size", "4", "--device", "cpu"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "irepa",
+        "data",
+        "encode",
+        "--store",
+        str(base / "images"),
+        "--out",
+        str(tmp_path / "two"),
+        "--vae",
+        "stabilityai/sd-vae-ft-mse",
+        "--vae-weights",
+        str(base / "vae"),
+        "--batch-size",
+        "4",
+        "--device",
+        "cpu",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "complete, 10 records" in proc.stdout

@@ -60,8 +60,9 @@ def test_dict_round_trip_and_stats_file(tmp_path):
         LatentNormalization.from_dict({"kind": "sd-scalar", "scale": 0.2, "bias": 0.1})
     path = tmp_path / "sdvae-ft-mse-f8d4-latents-stats.pt"
     scale = 1 / torch.tensor(STATS["std"], dtype=torch.float64)
-    torch.save({"latents_scale": scale.view(1, 4, 1, 1), "latents_bias": torch.tensor(STATS["mean"]).view(1, 4, 1, 1)},
-               path)  # fmt: skip
+    torch.save(
+        {"latents_scale": scale.view(1, 4, 1, 1), "latents_bias": torch.tensor(STATS["mean"]).view(1, 4, 1, 1)}, path
+    )
     loaded = LatentNormalization.from_stats_file(path)
     assert loaded.kind == "per-channel"
     torch.testing.assert_close(loaded.normalize(_latents()), norm.normalize(_latents()))

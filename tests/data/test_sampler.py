@@ -74,10 +74,12 @@ def test_rank_split_gives_the_same_global_batches_for_any_world_size(world):
     n, global_batch, steps = 23, 8, 7
     reference = ResumableSampler(n, global_batch_size=global_batch, seed=5)
     per_rank = [
-        _take(ResumableSampler(n, global_batch_size=global_batch, world_size=world, rank=r, seed=5),
-              steps * global_batch // world)
+        _take(
+            ResumableSampler(n, global_batch_size=global_batch, world_size=world, rank=r, seed=5),
+            steps * global_batch // world,
+        )
         for r in range(world)
-    ]  # fmt: skip
+    ]
     local = global_batch // world
     for k in range(steps):
         union = sorted(i for r in range(world) for i in per_rank[r][k * local : (k + 1) * local])
@@ -93,8 +95,9 @@ def test_resume_equals_uninterrupted(world_before, world_after):
     n, global_batch, total_steps, stop = 37, 8, 12, 5  # crosses epoch boundaries (4 batches per epoch)
 
     def run(world, start_state, steps):
-        samplers = [ResumableSampler(n, global_batch_size=global_batch, world_size=world, rank=r, seed=11)
-                    for r in range(world)]  # fmt: skip
+        samplers = [
+            ResumableSampler(n, global_batch_size=global_batch, world_size=world, rank=r, seed=11) for r in range(world)
+        ]
         if start_state is not None:
             for s in samplers:
                 s.load_state_dict(start_state)
@@ -187,7 +190,14 @@ def test_property_every_epoch_is_a_permutation_prefix(n, local, world, seed, dro
     stream = _take(s, 2 * s.samples_per_epoch)
     length = s.samples_per_epoch
     assert len(set(stream[:length])) == length and len(set(stream[length:])) == length
-    ranks = [_take(ResumableSampler(n, global_batch_size=global_batch, world_size=world, rank=r, seed=seed,
-                                    drop_last=drop_last), len(stream) // world) for r in range(world)]  # fmt: skip
+    ranks = [
+        _take(
+            ResumableSampler(
+                n, global_batch_size=global_batch, world_size=world, rank=r, seed=seed, drop_last=drop_last
+            ),
+            len(stream) // world,
+        )
+        for r in range(world)
+    ]
     merged = [ranks[p % world][p // world] for p in range(len(ranks[0]) * world)]
     assert merged == stream[: len(merged)]

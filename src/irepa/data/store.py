@@ -219,7 +219,7 @@ class StoreBuild:
             # A complete store whose shard files were deleted (e.g. after a failed `irepa data info --verify`) is
             # reopened, so that re-running the command rewrites exactly those shards.
             if any(self.completed(s["name"], verify="size") is None for s in manifest.get("shards", [])):
-                manifest_path.unlink()
+                manifest_path.unlink(missing_ok=True)  # another rank may have reopened it already
                 reopened = True
         elif build_path.is_file():
             self._compare(_read_json(build_path, "build file"), "is a partial store")
@@ -289,7 +289,7 @@ class StoreBuild:
                     "name": name,
                     "count": record["count"],
                     "record": {"file": path.name, "sha256": sha256_file(path)},
-                    "files": {field: {k: v for k, v in info.items()} for field, info in record["files"].items()},
+                    "files": {field: dict(info) for field, info in record["files"].items()},
                 }
             )
             count += record["count"]

@@ -236,6 +236,8 @@ def test_prefix_tokens_chunking_and_dtypes():
 def test_huge_finite_tokens_do_not_overflow():
     x = random_tokens(2, (4, 4))
     torch.testing.assert_close(sp.lds(x * 1e30, far=3), sp.lds(x, far=3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(sp.lds(x * 1e-20, far=3), sp.lds(x, far=3), atol=1e-5, rtol=0)  # no underflow
+    torch.testing.assert_close(sp.rmsc(x * 1e30), sp.rmsc(x), atol=1e-5, rtol=0)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

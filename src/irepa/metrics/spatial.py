@@ -110,24 +110,41 @@ class _Chunk:
         self.tokens, self.geometry, self.masks, self.eps, self.offset = tokens, geometry, masks, eps, offset
 
     @functools.cached_property
+    def norms(self) -> torch.Tensor:
+        """Token norms ``‖x_t‖`` (b, T); raises on non-finite tokens (inf here may also mean float overflow)."""
+        norms = torch.linalg.vector_norm(self.tokens, dim=-1)
+        if not torch.isfinite(norms).all() and not torch.isfinite(self.tokens).all():
+            bad = (~torch.isfinite(self.tokens)).flatten(1).any(1).nonzero()[0].item() + self.offset
+            raise IrepaError(f"tokens of image {bad} contain NaN or Inf; fix the features before measuring them")
+        return norms
+
+    @functools.cached_property
+    def extreme(self) -> bool:
+        """True if squared norms or Gram entries could overflow or underflow (huge or tiny non-zero tokens)."""
+        norms = self.norms
+        return bool(((norms > 1e15) | ((norms > 0) & (norms < 1e-15))).any())
+
+    @functools.cached_property
     def unit(self) -> torch.Tensor:
-        """Unit tokens ``x / max(‖x‖, eps)`` (b, T, D); raises on non-finite tokens."""
+        """Unit tokens ``x / max(‖x‖, eps)`` (b, T, D); zero tokens stay zero."""
         x = self.tokens
-        norms = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
-        if not torch.isfinite(norms).all():
-            if not torch.isfinite(x).all():
-                bad = (~torch.isfinite(x)).flatten(1).any(1).nonzero()[0].item() + self.offset
-                raise IrepaError(f"tokens of image {bad} contain NaN or Inf; fix the features before measuring them")
-            # Finite but huge entries: the squared norm overflowed. Rescale by the max-abs entry first.
+        if self.extreme:
+            # Rescale by the max-abs entry first (cosine is scale-invariant), so the squared norm cannot overflow.
             peak = x.abs().amax(dim=-1, keepdim=True)
             x = x / torch.where(peak > 0, peak, torch.ones_like(peak))
-            norms = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
-        return x / norms.clamp_min(self.eps)
+            return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(self.eps)
+        return x / self.norms.clamp_min(self.eps).unsqueeze(-1)
 
     @functools.cached_property
     def sim(self) -> torch.Tensor:
         """Cosine self-similarity ``S = X̂ X̂ᵀ`` (b, T, T)."""
-        return torch.bmm(self.unit, self.unit.transpose(1, 2))
+        if self.extreme:
+            return torch.bmm(self.unit, self.unit.transpose(1, 2))
+        # Gram matrix of the raw tokens, then scale rows and columns by 1/‖x‖: for T < D this touches far less
+        # memory than normalizing the (b, T, D) tokens first, and it is the same number in float32.
+        inv = 1.0 / self.norms.clamp_min(self.eps)
+        gram = torch.bmm(self.tokens, self.tokens.transpose(1, 2))
+        return gram.mul_(inv.unsqueeze(2)).mul_(inv.unsqueeze(1))
 
     @functools.cached_property
     def distance_sums(self) -> torch.Tensor:

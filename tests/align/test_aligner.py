@@ -223,3 +223,16 @@ def test_shape_errors_name_both_shapes():
         aligner.compute({"enc": torch.randn(2, TOKENS, 8)}, source=source, grid=(3, 5))
     with pytest.raises(IrepaError, match="not a square grid"):
         aligner.compute({"enc": torch.randn(2, 15, 8)}, source=torch.randn(2, 15, DIM))
+
+
+@pytest.mark.gpu
+def test_cuda_bf16_autocast_hooks():
+    model = _encoder(True).cuda()
+    aligner = RepresentationAligner(DIM, {"enc": 8}, projector="conv", target_norm="spatial").cuda()
+    aligner.attach(model, 2)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        model(torch.randn(2, TOKENS, DIM, device="cuda"))
+        terms = aligner.compute({"enc": torch.randn(2, TOKENS, 8, device="cuda").bfloat16()})
+    assert terms["align"].dtype == torch.float32 and torch.isfinite(terms["align"])
+    terms["align"].backward()
+    assert model.layers[0].linear1.weight.grad is not None and model.layers[3].linear1.weight.grad is None

@@ -362,3 +362,15 @@ def test_bad_inputs_raise_one_clear_error():
         sp.lds(x, far=3, chunk_size=0)
     with pytest.raises(IrepaError, match="too small"):
         sp.lds_paper(random_tokens(1, (2, 2)))
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu():
+    grid = (8, 8)
+    x = smooth_tokens(6, grid)
+    masks = random_masks(6, grid)
+    cpu = sp.compute(x, masks, far=4)
+    gpu = sp.compute(x.cuda(), masks.cuda(), far=4)
+    for name, values in cpu.values.items():
+        assert gpu.values[name].device.type == "cuda"
+        torch.testing.assert_close(gpu.values[name].cpu(), values, atol=1e-5, rtol=0, equal_nan=True)

@@ -168,7 +168,6 @@ def test_prepare_with_worker_processes_in_a_real_process(run_cli_subprocess, tmp
 
 
 def test_prepare_synthetic(run_cli, tmp_path):
-    pytest.importorskip("irepa.data.synthetic")  # the align engineer's module; lands separately
     res = run_cli(
         "data",
         "prepare",

@@ -115,7 +115,8 @@ def test_resume_after_crash_rewrites_only_broken_shards(tmp_path):
 
 
 def test_synthetic_store_matches_the_generator_and_written_folders(tmp_path):
-    synthetic = pytest.importorskip("irepa.data.synthetic")  # the align engineer's module; lands separately
+    from irepa.data import synthetic
+
     report = prepare_synthetic_store(tmp_path / "s", num_images=30, resolution=32, num_classes=10, seed=3, shard_size=8)
     assert report.finalized and report.count == 30 and report.shards_written == 4
     store = open_store(tmp_path / "s")

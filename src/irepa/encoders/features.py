@@ -243,7 +243,10 @@ def extract_features(
             bar.set_postfix(skipped=stats.skipped)
         bar.close()
         if not keys:
-            raise IrepaError(f"no readable images among {len(files)} files ({stats.skipped} unreadable skipped)")
+            raise IrepaError(
+                f"no usable images among {len(files)} files ({stats.skipped} skipped); first problem: "
+                f"{_first_problem(stats.skipped_files, encoder.resolution[0], crop, strict_mode)}"
+            )
         info = encoder.describe()
         metadata: dict[str, Any] = {
             "format": FEATURES_FORMAT,
@@ -265,6 +268,17 @@ def extract_features(
         writer.finish({k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()})
     seconds = time.perf_counter() - start
     return ExtractionResult(out, len(keys), stats.skipped, stats.converted, seconds)
+
+
+def _first_problem(skipped: list[str], size: int, crop: str, strict_mode: bool) -> str:
+    """Why the first skipped image was refused (re-read once, only when nothing was usable)."""
+    from irepa.data.images import load_image
+
+    try:
+        load_image(skipped[0], size=size, crop=crop, strict_mode=strict_mode)  # type: ignore[arg-type]
+    except IrepaError as exc:
+        return str(exc)
+    return f"{skipped[0]!r} could not be read"
 
 
 # ----------------------------------------------------------------------------------------------------------------------

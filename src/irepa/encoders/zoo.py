@@ -401,15 +401,14 @@ _add(
         num_prefix_tokens=0,
         has_cls=False,
         preprocessing=_IMAGENET_BICUBIC,
-        weights=_timm_hub(
-            "vit_huge_patch14_gap_224.in1k_ijepa",
-            alt_filenames=("IN1K-vit.h.14-300e.pth.tar",),
+        weights=WeightSource(
+            url="https://dl.fbaipublicfiles.com/ijepa/IN1K-vit.h.14-300e.pth.tar",
             homepage="https://github.com/facebookresearch/ijepa",
         ),
         license="cc-by-nc-4.0",
         study=True,
         native_resolution=224,
-        notes="ViT-H/14 IN-1k 300 ep; official .pth.tar loads too (its context 'encoder', as REPA)",
+        notes="ViT-H/14 IN-1k 300 ep, official file (not on the Hub); timm reads its context 'encoder', as REPA",
     )
 )
 _add(

@@ -78,13 +78,13 @@ def test_timm_mocov3_official_checkpoint_roundtrip(tmp_path):
 
 def test_timm_plain_file_roundtrip_from_the_irepa_cache(tmp_path):
     torch.manual_seed(0)
-    random_model = load_encoder("sam2-vit-s", pretrained=False)
+    random_model = load_encoder("sam2-vit-s", pretrained=False, resolution=64)
     folder = tmp_path / "encoders" / "sam2-vit-s"
     folder.mkdir(parents=True)
     save_file(random_model.backbone.state_dict(), str(folder / "model.safetensors"))
-    loaded = load_encoder("sam2-vit-s", cache_dir=tmp_path, hf_cache_dir=tmp_path / "hf", offline=True)
+    loaded = load_encoder("sam2-vit-s", resolution=64, cache_dir=tmp_path, hf_cache_dir=tmp_path / "hf", offline=True)
     assert loaded.weights_info["origin"] == "irepa-cache"
-    x = images(1, 256)
+    x = images(1, 64)
     assert torch.equal(loaded.encode(x).patch_tokens, random_model.encode(x).patch_tokens)
 
 

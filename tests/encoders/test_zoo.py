@@ -139,3 +139,17 @@ def test_siglip_offers_native_and_irepa_normalization():
     assert spec.preprocessing["irepa"].mean == (0.485, 0.456, 0.406)
     with pytest.raises(IrepaError, match="no preprocessing variant 'imagenet'"):
         spec.get_preprocessing("imagenet")
+
+
+def test_docs_table_lists_every_encoder():
+    from pathlib import Path
+
+    from irepa.metrics.probe import ProbeProtocol
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "encoders.md").read_text()
+    for name, spec in ENCODERS.items():
+        assert f"| `{name}`" in docs, name
+        assert spec.arch in docs, name
+    protocol = ProbeProtocol()
+    assert f"{protocol.epochs} epochs" in docs and "lr ∈ {3e-4, 1e-3, 3e-3, 1e-2}" in docs
+    assert protocol.learning_rates == (3e-4, 1e-3, 3e-3, 1e-2) and protocol.weight_decays == (0.0, 1e-3)

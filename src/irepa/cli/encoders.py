@@ -88,11 +88,25 @@ def weight_locations(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def add_encoder_arguments(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
-    """Options of every command that loads one zoo encoder."""
+def add_encoder_arguments(
+    parser: argparse.ArgumentParser, *, required: bool = True, multiple: bool = False, device: bool = True
+) -> None:
+    """Options of every command that loads zoo encoders.
+
+    Args:
+        parser: The command's parser.
+        required: ``--encoder`` must be given.
+        multiple: ``--encoder`` may be repeated (one token source per encoder).
+        device: Add ``--device`` (commands that already have one share it).
+    """
     group = parser.add_argument_group("encoder")
     group.add_argument(
-        "--encoder", required=required, metavar="NAME", help="zoo id (see 'irepa encoders list'), e.g. dinov2-vit-b"
+        "--encoder",
+        required=required,
+        metavar="NAME",
+        action="append" if multiple else "store",
+        help="zoo id (see 'irepa encoders list'), e.g. dinov2-vit-b"
+        + ("; repeat to compare encoders" if multiple else ""),
     )
     group.add_argument(
         "--resolution",
@@ -120,7 +134,8 @@ def add_encoder_arguments(parser: argparse.ArgumentParser, *, required: bool = T
         help="mix the CLS token into patch tokens: additive p+a*c (paper) or convex (1-a)*p+a*c (official code)",
     )
     group.add_argument("--cls-alpha", type=float, default=0.0, help="CLS mixing weight a (default 0)")
-    group.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    if device:
+        group.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     group.add_argument(
         "--dtype",
         choices=("float32", "bfloat16", "float16"),
@@ -139,14 +154,14 @@ def resolve_device(name: str) -> str:
     return name
 
 
-def load_encoder_from_args(args: argparse.Namespace):
-    """Build the encoder described by :func:`add_encoder_arguments` options."""
+def load_encoder_from_args(args: argparse.Namespace, name: str | None = None):
+    """Build the encoder described by :func:`add_encoder_arguments` options (``name`` overrides ``--encoder``)."""
     import torch
 
     from irepa.encoders import load_encoder
 
     return load_encoder(
-        args.encoder,
+        name or args.encoder,
         resolution=args.resolution,
         weights=args.weights,
         revision=args.revision,

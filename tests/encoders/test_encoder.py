@@ -207,3 +207,22 @@ def test_describe_is_complete_json(dinov2):
     assert info["preprocessing"]["mean"] == list(IMAGENET_MEAN)
     assert info["weights"]["origin"] == "random-init"
     assert ENCODERS.get("dinov2-vit-b").summary()["grid_512"] == [32, 32]
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu_and_bf16_returns_float32():
+    torch.manual_seed(0)
+    cpu = load_encoder("dinov2-vit-b", pretrained=False, arch_overrides=TINY_VIT)
+    gpu = load_encoder("dinov2-vit-b", pretrained=False, arch_overrides=TINY_VIT, device="cuda")
+    gpu.backbone.load_state_dict(cpu.backbone.state_dict())
+    x = images()
+    ref = cpu.encode(x).patch_tokens
+    out = gpu.encode(x)  # uint8 images on the CPU are moved to the encoder's device
+    assert out.patch_tokens.device.type == "cuda"
+    torch.testing.assert_close(out.patch_tokens.cpu(), ref, rtol=1e-2, atol=1e-2)  # TF32 convolutions
+    half = load_encoder("dinov2-vit-b", pretrained=False, arch_overrides=TINY_VIT, device="cuda", dtype=torch.bfloat16)
+    half.backbone.load_state_dict(cpu.backbone.state_dict())
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        tokens = half.encode(x.cuda()).patch_tokens
+    assert tokens.dtype == torch.float32
+    assert (tokens.cpu() - ref).abs().max() < 0.1 * ref.abs().max()

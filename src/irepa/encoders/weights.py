@@ -398,7 +398,9 @@ def download_weights(
     local_dir = None if (into_hf_cache or locations.cache_dir is None) else cache_folder(spec, locations.cache_dir)
     if source.url is not None:
         if locations.cache_dir is None:
-            raise IrepaError(f"cannot download {source.url}: no irepa cache folder given (pass --cache-dir)")
+            raise IrepaError(
+                f"cannot download {source.url}: no irepa cache folder given (pass cache_dir=..., or --cache-dir)"
+            )
         folder = cache_folder(spec, locations.cache_dir)
         assert source.filename is not None
         path = folder / source.filename

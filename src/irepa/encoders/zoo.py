@@ -216,14 +216,14 @@ for _cfg, _dim, _depth, _heads in (
 # ----------------------------------------------------------------------------------------------------------------------
 # Perception Encoder (timm Eva). iREPA: bilinear to patch·16 px, mean = std = 0.5, forward_features(norm=False).
 
-for _id, _family, _timm, _patch, _dim, _prefix, _native, _file in (
-    ("pe-vit-b", "PE-Core", "vit_pe_core_base_patch16_224.fb", 16, 768, 1, 224, "PE-Core-B16-224.pt"),
-    ("pe-vit-l", "PE-Core", "vit_pe_core_large_patch14_336.fb", 14, 1024, 1, 336, "PE-Core-L14-336.pt"),
-    ("pe-vit-g", "PE-Core", "vit_pe_core_gigantic_patch14_448.fb", 14, 1536, 0, 448, "PE-Core-G14-448.pt"),
-    ("langpe-vit-l", "PE-Lang", "vit_pe_lang_large_patch14_448.fb", 14, 1024, 1, 448, "PE-Lang-L14-448.pt"),
-    ("langpe-vit-g", "PE-Lang", "vit_pe_lang_gigantic_patch14_448.fb", 14, 1536, 0, 448, "PE-Lang-G14-448.pt"),
-    ("spatialpe-vit-b", "PE-Spatial", "vit_pe_spatial_base_patch16_512.fb", 16, 768, 1, 512, "PE-Spatial-B16-512.pt"),
-    ("spatialpe-vit-l", "PE-Spatial", "vit_pe_spatial_large_patch14_448.fb", 14, 1024, 1, 448, "PE-Spatial-L14-448.pt"),
+for _id, _family, _timm, _patch, _dim, _prefix, _native in (
+    ("pe-vit-b", "PE-Core", "vit_pe_core_base_patch16_224.fb", 16, 768, 1, 224),
+    ("pe-vit-l", "PE-Core", "vit_pe_core_large_patch14_336.fb", 14, 1024, 1, 336),
+    ("pe-vit-g", "PE-Core", "vit_pe_core_gigantic_patch14_448.fb", 14, 1536, 0, 448),
+    ("langpe-vit-l", "PE-Lang", "vit_pe_lang_large_patch14_448.fb", 14, 1024, 1, 448),
+    ("langpe-vit-g", "PE-Lang", "vit_pe_lang_gigantic_patch14_448.fb", 14, 1536, 0, 448),
+    ("spatialpe-vit-b", "PE-Spatial", "vit_pe_spatial_base_patch16_512.fb", 16, 768, 1, 512),
+    ("spatialpe-vit-l", "PE-Spatial", "vit_pe_spatial_large_patch14_448.fb", 14, 1024, 1, 448),
     (
         "spatialpe-vit-g",
         "PE-Spatial",
@@ -232,7 +232,6 @@ for _id, _family, _timm, _patch, _dim, _prefix, _native, _file in (
         1536,
         0,
         448,
-        "PE-Spatial-G14-448.pt",
     ),
 ):
     _add(
@@ -246,14 +245,15 @@ for _id, _family, _timm, _patch, _dim, _prefix, _native, _file in (
             num_prefix_tokens=_prefix,
             has_cls=_prefix == 1,
             preprocessing=_PE_BILINEAR,
-            weights=_timm_hub(
-                _timm, alt_filenames=(_file,), homepage="https://github.com/facebookresearch/perception_models"
-            ),
+            weights=_timm_hub(_timm, homepage="https://github.com/facebookresearch/perception_models"),
             license="apache-2.0",
             final_norm=False,
             study=True,
             native_resolution=_native,
-            notes="tokens before the final norm (iREPA forward_features(norm=False)); official .pt files load too",
+            notes=(
+                "tokens before the final norm (iREPA forward_features(norm=False)); timm-format weights (timm does "
+                "not resample the position embedding of official PE .pt files)"
+            ),
         )
     )
 

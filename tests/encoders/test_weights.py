@@ -16,13 +16,17 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
 def fake_hf_cache(root, repo_id, filename, payload=b"weights"):
-    """Lay out a Hugging Face hub cache entry the way huggingface_hub does (refs/main -> snapshots/<commit>/)."""
+    """Lay out a Hugging Face hub cache entry the way huggingface_hub does: refs/main names the commit, and
+    snapshots/<commit>/<file> is a symlink into blobs/."""
     repo = root / f"models--{repo_id.replace('/', '--')}"
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text(COMMIT)
+    blob = repo / "blobs" / hashlib.sha256(payload).hexdigest()
+    blob.parent.mkdir(parents=True)
+    blob.write_bytes(payload)
     path = repo / "snapshots" / COMMIT / filename
     path.parent.mkdir(parents=True)
-    path.write_bytes(payload)
+    path.symlink_to(blob)
     return path
 
 

@@ -191,8 +191,11 @@ def _pick_in_folder(spec: EncoderSpec, folder: Path, *, required: bool) -> Path 
 
 
 def _hub_revision_of(path: Path) -> str | None:
-    """The commit hash of a file inside a Hugging Face cache snapshot (``.../snapshots/<commit>/...``)."""
-    parts = path.resolve().parts if path.exists() else path.parts
+    """The commit hash of a file inside a Hugging Face cache snapshot (``.../snapshots/<commit>/...``).
+
+    The path is read as given: snapshot files are symlinks into ``blobs/``, so resolving them would lose the commit.
+    """
+    parts = path.absolute().parts
     for i, part in enumerate(parts[:-1]):
         if part == "snapshots":
             return parts[i + 1]

@@ -173,37 +173,16 @@ def test_missing_weights_in_a_real_process(run_cli_subprocess, tmp_path):
     assert "Traceback" not in res.err
 
 
-def test_eval_fd_with_a_zoo_encoder(run_cli, tmp_path, monkeypatch):
-    """encoder:NAME goes through irepa.encoders.load_encoder (its documented contract, faked here)."""
-    import dataclasses
-    import sys
-    import types
-
-    @dataclasses.dataclass
-    class Features:
-        patch_tokens: torch.Tensor
-        cls_token: torch.Tensor | None
-        grid: tuple[int, int]
-
-    class Encoder:
-        def encode(self, x):
-            tokens = torch.nn.functional.avg_pool2d(x.float() / 255, 2).flatten(2).transpose(1, 2)
-            return Features(tokens, tokens.mean(1) * 3, (x.shape[2] // 2, x.shape[3] // 2))
-
-    seen = {}
-
-    def load_encoder(name, *, resolution=256, weights=None, device="cpu"):
-        seen.update(name=name, weights=weights, resolution=resolution)
-        return Encoder()
-
-    monkeypatch.setitem(sys.modules, "irepa.encoders", types.SimpleNamespace(load_encoder=load_encoder))
-    np.savez(tmp_path / "s.npz", images(10))
-    np.savez(tmp_path / "r.npz", images(10, seed=4, offset=40))
-    weights = tmp_path / "w.safetensors"
+def test_eval_fd_with_a_zoo_encoder(run_cli, tmp_path):
+    """encoder:NAME through the zoo (a small randomly initialised MoCo v3 ViT-S at 32 px: a 2×2 token grid)."""
+    np.savez(tmp_path / "s.npz", images(10, size=32))
+    np.savez(tmp_path / "r.npz", images(10, size=32, seed=4, offset=40))
     res = run_cli("eval", "fd", tmp_path / "s.npz", "--ref", tmp_path / "r.npz", "--feature-space",
-                  "encoder:dinov2-vit-b", "--pooling", "cls", "--encoder-weights", weights)  # fmt: skip
+                  "encoder:mocov3-vit-s", "--pooling", "cls", "--random-init", "--device", "cpu")  # fmt: skip
     assert res.code == 0, res
-    assert seen == {"name": "dinov2-vit-b", "weights": weights, "resolution": 8}
+    assert "random weights" in res.out
     result = json.loads((tmp_path / "s.fd.json").read_text())
-    assert result["feature_space"]["name"] == "dinov2-vit-b:cls" and result["feature_space"]["dim"] == 3
+    assert result["feature_space"]["name"] == "mocov3-vit-s:cls" and result["feature_space"]["dim"] == 384
     assert result["metrics"]["fd"] > 0 and result["metrics"]["cmmd"] is None
+    res = run_cli("eval", "fd", tmp_path / "s.npz", "--ref", tmp_path / "r.npz", "--feature-space", "encoder:dinov9")
+    assert res.code == 2 and "unknown encoder" in res.err

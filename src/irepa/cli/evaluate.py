@@ -126,6 +126,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="encoder spaces: mean of the patch tokens (default) or the CLS token",
     )
     fd.add_argument("--encoder-weights", type=Path, metavar="PATH", help="encoder spaces: local weights file")
+    fd.add_argument(
+        "--random-init",
+        action="store_true",
+        help="encoder spaces: random weights (smoke tests only: the distances are meaningless)",
+    )
+    from irepa.cli.encoders import add_location_arguments
+
+    add_location_arguments(fd)  # --cache-dir, --hf-cache-dir, --offline: where zoo encoder weights are looked for
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -141,12 +149,11 @@ def _device(name: str | None) -> str:
 
 def _inception(args: argparse.Namespace, device: str):
     """Resolve and load the Inception weights; returns ``(model, sha256, path)``."""
-    import torch
-
+    from irepa.cli.encoders import default_torch_hub_dir
     from irepa.metrics.generative.inception import load_inception, locate_inception_weights
     from irepa.utils.io import sha256_file
 
-    torch_home = Path(torch.hub.get_dir()).parent
+    torch_home = default_torch_hub_dir().parent  # $TORCH_HOME (or ~/.cache/torch)
     path = locate_inception_weights(args.inception_weights, os.environ.get(ENV_WEIGHTS), torch_home)
     return load_inception(path, device), sha256_file(path), path
 
@@ -188,7 +195,11 @@ def run_adm(args: argparse.Namespace) -> int:
         raise IrepaError(f"unexpected second file {args.samples!r}; usage: irepa eval SAMPLES.npz --ref REF.npz")
     if args.ref is None:
         raise IrepaError("the ADM evaluation needs --ref REF.npz (e.g. ADM's VIRTUAL_imagenet256_labeled.npz)")
-    _reject(args, "SAMPLES.npz", ("images", "npz", "resolution", "num_images", "keep_images", "feature_space"))
+    _reject(
+        args,
+        "SAMPLES.npz",
+        ("images", "npz", "resolution", "num_images", "keep_images", "feature_space", "random_init"),
+    )
     _check_positive("--batch-size", args.batch_size)
     if not samples.exists():
         raise IrepaError(f"samples file {str(samples)!r} does not exist")
@@ -297,16 +308,20 @@ def _feature_space(args: argparse.Namespace, device: str, resolution: int):
 
         return ClipEmbeddingSpace(value, device=device)
     if kind == "encoder" and value:
+        from irepa.cli.encoders import weight_locations
+        from irepa.encoders import load_encoder
         from irepa.metrics.generative.feature_spaces import EncoderSpace
 
-        try:
-            from irepa.encoders import load_encoder
-        except ImportError as exc:
-            raise IrepaError(
-                f"feature space {spec!r} needs the encoder zoo (irepa.encoders.load_encoder), which this installation "
-                "lacks; use clip:DIR or inception"
-            ) from exc
-        encoder = load_encoder(value, resolution=resolution, weights=args.encoder_weights, device=device)
+        encoder = load_encoder(
+            value,
+            resolution=resolution,
+            weights=args.encoder_weights,
+            pretrained=not args.random_init,
+            device=device,
+            **weight_locations(args),
+        )
+        if args.random_init:
+            print(f"warning: {value} has random weights (--random-init): the distances are meaningless")
         return EncoderSpace(encoder, args.pooling, name=value)
     raise IrepaError(f"unknown feature space {spec!r}; use encoder:NAME, clip:DIR or inception")
 

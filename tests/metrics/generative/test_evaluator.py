@@ -131,6 +131,13 @@ def test_num_samples_uses_the_first_n(files, tiny_detector):
     assert a["samples"]["num_samples"] == 25 and a["samples"]["num_available"] == 40
 
 
+def test_guided_diffusion_arr_1_labels(files, tiny_detector):
+    tmp, samples, _ = files
+    np.savez(tmp / "adm_style.npz", samples, np.zeros(40, dtype=np.int64))
+    result = evaluate_adm(tmp / "adm_style.npz", tmp / "ref_images.npz", tiny_detector)
+    assert result["samples"]["labels"]["classes_present"] == 1
+
+
 def test_label_balance():
     report = label_balance(np.array([0, 1, 2, 0, 1, 2]))
     assert report["exactly_balanced"] and report["min_per_class"] == 2

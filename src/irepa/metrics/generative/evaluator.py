@@ -273,7 +273,8 @@ def open_samples(path: str | Path, num_samples: int | None = None) -> SampleFile
             )
         source.count = num_samples
     labels = None
-    if "labels" in npz_keys(path):
+    keys = npz_keys(path)
+    if "labels" in keys:
         labels = read_npz_array(path, "labels")
         if labels.ndim != 1 or labels.shape[0] != source.available or not np.issubdtype(labels.dtype, np.integer):
             source.close()
@@ -282,6 +283,11 @@ def open_samples(path: str | Path, num_samples: int | None = None) -> SampleFile
                 f"expected integers ({source.available},), one per image"
             )
         labels = labels[: source.count]
+    elif "arr_1" in keys:
+        # guided-diffusion's sample scripts store class labels as the second array (np.savez(path, images, labels)).
+        candidate = read_npz_array(path, "arr_1")
+        if candidate.shape == (source.available,) and np.issubdtype(candidate.dtype, np.integer):
+            labels = candidate[: source.count]
     return SampleFile(source=source, labels=labels, num_samples=source.count, image_size=source.image_size)
 
 

@@ -376,7 +376,8 @@ def load_inception(path: str | Path, device: str | torch.device = "cpu") -> FIDI
     """Build :class:`FIDInceptionV3` from a local weights file (``.pth``/``.pt`` state dict or ``.safetensors``).
 
     Never downloads. Accepts torch-fidelity's ``weights-inception-2015-12-05-6726825d.pth`` and pytorch-fid's
-    ``pt_inception-2015-12-05-6726825d.pth`` (same keys).
+    ``pt_inception-2015-12-05-6726825d.pth`` (the same torchvision module names; the key check below reports any
+    difference).
 
     Raises:
         IrepaError: Missing or unreadable file, or a state dict of another network (names the mismatched keys).

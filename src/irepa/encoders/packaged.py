@@ -13,18 +13,37 @@ and a SHA-256 checked at every load. One call registers it::
 
 ``load_encoder("irepa-tiny-vit", resolution=64)`` then yields an 8×8 grid. ``asset`` may also be an absolute path
 (for encoders a user trains and registers in their own code).
+
+**Cards.** A packaged encoder can also be described by a JSON card next to its weights: ``{"format":
+"irepa-packaged-encoder/1", "encoder": {<the keyword arguments of register_packaged_vit, id included>}, ...}``;
+other top-level keys (training recipe, metrics, provenance) are for humans and ignored here.
+:func:`register_packaged_card` registers one card; every card shipped in ``irepa/assets/`` is registered when
+:mod:`irepa.encoders` is imported (:func:`register_package_assets`), so shipped encoders are ordinary zoo entries.
 """
 
 from __future__ import annotations
 
+import importlib.resources
+import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from irepa.encoders.spec import ENCODERS, IMAGENET_MEAN, IMAGENET_STD, EncoderSpec, Preprocessing, WeightSource
+from irepa.errors import IrepaError
 
-__all__ = ["register_packaged_vit", "vit_param_count"]
+__all__ = [
+    "CARD_FORMAT",
+    "read_packaged_card",
+    "register_package_assets",
+    "register_packaged_card",
+    "register_packaged_vit",
+    "vit_param_count",
+]
+
+#: Format tag of packaged-encoder cards.
+CARD_FORMAT = "irepa-packaged-encoder/1"
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -126,3 +145,70 @@ def vit_param_count(
     tokens = (img_size // patch_size) ** 2 + int(class_token) + reg_tokens
     embed = 3 * patch_size * patch_size * dim + dim + tokens * dim + (int(class_token) + reg_tokens) * dim
     return depth * block + embed + 2 * dim
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Cards
+
+
+def read_packaged_card(path: str | Path) -> dict[str, Any]:
+    """Read and check a packaged-encoder card (JSON).
+
+    Returns:
+        The whole card; ``card["encoder"]`` holds the :func:`register_packaged_vit` arguments.
+
+    Raises:
+        IrepaError: Missing or unreadable file, invalid JSON, wrong format tag, or no ``encoder`` section.
+    """
+    path = Path(path)
+    try:
+        card = json.loads(path.read_text())
+    except OSError as exc:
+        raise IrepaError(f"cannot read packaged-encoder card {str(path)!r}: {exc.strerror or exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise IrepaError(f"packaged-encoder card {str(path)!r} is not valid JSON: {exc}") from exc
+    if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
+        found = card.get("format") if isinstance(card, dict) else type(card).__name__
+        raise IrepaError(f"{str(path)!r} is not a packaged-encoder card (format {found!r}, expected {CARD_FORMAT!r})")
+    encoder = card.get("encoder")
+    if not isinstance(encoder, dict) or not isinstance(encoder.get("id"), str) or "asset" not in encoder:
+        raise IrepaError(f"packaged-encoder card {str(path)!r} has no valid 'encoder' section (id, asset, ...)")
+    return card
+
+
+def register_packaged_card(
+    path: str | Path, *, id: str | None = None, asset: str | Path | None = None
+) -> EncoderSpec:
+    """Register the packaged ViT described by the card at ``path``.
+
+    Args:
+        path: The card (JSON).
+        id: Register under this id instead of the card's (e.g. to load a freshly trained copy of a shipped
+            encoder next to the shipped one).
+        asset: Weights file overriding the card's ``asset`` (e.g. an absolute path to a file outside the package).
+
+    Raises:
+        IrepaError: An invalid card, or arguments :func:`register_packaged_vit` rejects (unknown keys, bad checksum,
+            an id that is already registered).
+    """
+    fields = dict(read_packaged_card(path)["encoder"])
+    if id is not None:
+        fields["id"] = id
+    if asset is not None:
+        fields["asset"] = str(asset)
+    for key in ("mean", "std"):
+        if key in fields:
+            fields[key] = tuple(float(v) for v in fields[key])
+    try:
+        return register_packaged_vit(**fields)
+    except (TypeError, ValueError) as exc:
+        raise IrepaError(f"packaged-encoder card {str(path)!r}: {exc}") from exc
+
+
+def register_package_assets() -> list[EncoderSpec]:
+    """Register every card shipped in ``irepa/assets/`` (``*.json``, sorted by name); called once by the zoo."""
+    folder = importlib.resources.files("irepa") / "assets"
+    if not folder.is_dir():
+        return []
+    cards = sorted((entry for entry in folder.iterdir() if entry.name.endswith(".json")), key=lambda e: e.name)
+    return [register_packaged_card(Path(str(card))) for card in cards]

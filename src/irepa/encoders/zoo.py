@@ -9,6 +9,7 @@ every feature file; pin one with ``--revision``.
 
 from __future__ import annotations
 
+from irepa.encoders.packaged import register_package_assets
 from irepa.encoders.spec import (
     CLIP_MEAN,
     CLIP_STD,
@@ -570,3 +571,7 @@ _add(
         notes="HOG per token: 2x2 cells of 8 px, 9 unsigned orientations, L2-Hys block norm (Dalal & Triggs)",
     )
 )
+
+
+# Encoders shipped inside the package (irepa/assets/*.json cards, e.g. the demo's tiny teachers): zoo entries too.
+register_package_assets()

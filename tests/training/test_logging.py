@@ -32,7 +32,7 @@ def test_format_metrics():
 
 
 def _cfg(**kw):
-    base = dict(console=True, progress_bar="off", jsonl=True, tensorboard=False, wandb=False)
+    base = dict(console=True, progress_bar=False, jsonl=True, tensorboard=False, wandb=False)
     return LoggingConfig(**{**base, **kw})
 
 

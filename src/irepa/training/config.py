@@ -78,7 +78,9 @@ class TeacherConfig:
     """How the frozen vision encoders named in ``align.encoders`` are loaded (``teacher:`` section)."""
 
     resolution: int | None = None
-    """Image resolution the encoders are set up for (256 or 512 for ImageNet); ``null`` = the image store's."""
+    """Image resolution the encoders are set up for; ``null`` = the image store's (256 or 512 for ImageNet). Images
+    of another size are resized to it (bicubic) before the encoders, which give one token per 16 px: e.g. 128 for
+    an 8×8 target grid on 32 px images."""
     weights: dict[str, str] = dataclasses.field(default_factory=dict)
     """Explicit weights file or folder per encoder id (``{dinov2-vit-b: /ckpt/dinov2_vitb14.safetensors}``)."""
     cache_dir: str | None = None
@@ -87,6 +89,9 @@ class TeacherConfig:
     """Never download: missing weights are an error naming what was looked for."""
     pretrained: bool = True
     """``false`` builds randomly initialized encoders: only for tests and smoke runs (targets are meaningless)."""
+    arch_overrides: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    """Per encoder id, architecture kwargs for tiny random encoders (``{dinov2-vit-b: {depth: 1}}``); only with
+    ``pretrained: false``."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,8 +210,8 @@ class LoggingConfig:
 
     console: bool = True
     """Metric lines on stderr (and always in ``log.txt``)."""
-    progress_bar: Literal["auto", "on", "off"] = "auto"
-    """tqdm progress bar; ``auto`` = only on an interactive terminal."""
+    progress_bar: bool | Literal["auto"] = "auto"
+    """tqdm progress bar: ``true``, ``false``, or ``auto`` (only on an interactive terminal)."""
     jsonl: bool = True
     """``metrics.jsonl``: one JSON record per log interval."""
     tensorboard: bool = True

@@ -273,7 +273,7 @@ class TrainLogger:
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         stream = stream if stream is not None else sys.stderr
-        show_bar = cfg.progress_bar == "on" or (cfg.progress_bar == "auto" and _isatty(stream))
+        show_bar = cfg.progress_bar is True or (cfg.progress_bar == "auto" and _isatty(stream))
         resume_step = start_step if resumed else None
         self._console = _ConsoleSink(
             run_dir,

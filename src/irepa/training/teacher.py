@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from irepa.errors import IrepaError
@@ -23,12 +24,16 @@ class Teacher(nn.Module):
 
     Args:
         encoders: Encoder id → loaded ``VisionEncoder`` (in ``align.encoders`` order).
+        resolution: Image size the encoders were loaded for; other image sizes are resized to it first (bicubic,
+            kept in uint8), e.g. to give 32 px training images an 8×8 target grid at 128 px (encoders produce one
+            token per 16 px).
     """
 
-    def __init__(self, encoders: Mapping[str, nn.Module]) -> None:
+    def __init__(self, encoders: Mapping[str, nn.Module], resolution: int | None = None) -> None:
         super().__init__()
         if not encoders:
             raise IrepaError("the teacher needs at least one encoder (align.encoders)")
+        self.resolution = resolution
         self.names: tuple[str, ...] = tuple(encoders)
         self.encoders = nn.ModuleDict({_key(n): e for n, e in encoders.items()})
 
@@ -42,6 +47,7 @@ class Teacher(nn.Module):
         cache_dir: str | None = None,
         offline: bool = False,
         pretrained: bool = True,
+        arch_overrides: Mapping[str, Mapping[str, object]] | None = None,
         device: torch.device | str = "cpu",
     ) -> Teacher:
         """Load the encoders ``names`` from the zoo, set up for ``resolution`` px images.
@@ -53,11 +59,13 @@ class Teacher(nn.Module):
         from irepa.encoders import load_encoder
 
         weights = dict(weights or {})
-        unknown = sorted(set(weights) - set(names))
-        if unknown:
-            raise IrepaError(
-                f"teacher.weights names {', '.join(unknown)}, which is not in align.encoders={list(names)}"
-            )
+        arch_overrides = dict(arch_overrides or {})
+        for key, given in (("weights", weights), ("arch_overrides", arch_overrides)):
+            unknown = sorted(set(given) - set(names))
+            if unknown:
+                raise IrepaError(
+                    f"teacher.{key} names {', '.join(unknown)}, which is not in align.encoders={list(names)}"
+                )
         encoders = {
             name: load_encoder(
                 name,
@@ -66,11 +74,12 @@ class Teacher(nn.Module):
                 cache_dir=cache_dir,
                 offline=offline,
                 pretrained=pretrained,
+                arch_overrides=arch_overrides.get(name),
                 device=device,
             )
             for name in names
         }
-        return cls(encoders)
+        return cls(encoders, resolution=resolution)
 
     def train(self, mode: bool = True) -> Teacher:
         """Encoders never enter train mode (dropout / stochastic depth would change the targets)."""
@@ -107,6 +116,10 @@ class Teacher(nn.Module):
         Returns:
             Encoder id → float32 patch tokens (B, T, D_k), no CLS/register tokens.
         """
+        size = self.resolution
+        if size is not None and tuple(images.shape[-2:]) != (size, size):
+            resized = F.interpolate(images.float(), size=(size, size), mode="bicubic", align_corners=False)
+            images = resized.round().clamp(0, 255).to(torch.uint8)
         out = {}
         with autocast if autocast is not None else nullcontext():
             for name in self.names:

@@ -248,6 +248,7 @@ class Trainer:
             cache_dir=cfg.teacher.cache_dir,
             offline=cfg.teacher.offline,
             pretrained=cfg.teacher.pretrained,
+            arch_overrides=cfg.teacher.arch_overrides,
             device=self.device,
         )
         teacher.check_grid(self.model.grid, cfg.model.name)
@@ -538,6 +539,7 @@ class Trainer:
         """
         from accelerate.utils import broadcast_object_list
 
+        self._check_processes_in_sync()  # collective
         state = self._trainer_state()  # collective (RNG gather)
         error: str | None = None
         path: Path | None = None
@@ -560,10 +562,30 @@ class Trainer:
         if error is not None:
             raise CheckpointError(error)
         self.last_checkpoint = self.checkpoints.path(self.step)
-        if self.logger is not None:
-            self.logger.info(f"checkpoint {self.last_checkpoint}")
+        synced = f" (weights identical on all {self.world_size} processes)" if self.world_size > 1 else ""
+        self.logger.info(f"checkpoint {self.last_checkpoint}{synced}")
         self.accelerator.wait_for_everyone()
         return path
+
+    def _check_processes_in_sync(self) -> None:
+        """Verify that every process holds the same weights (DDP keeps them bit-identical).
+
+        Guards against the silent failure mode of unsynchronized processes (environment.md §6): one float64 sum
+        per parameter tensor is all-gathered and compared exactly.
+
+        Raises:
+            IrepaError: If the processes' weights differ.
+        """
+        if self.world_size == 1:
+            return
+        with torch.no_grad():
+            sums = torch.stack([p.detach().double().sum() for p in self.params])
+        gathered = self.accelerator.gather(sums[None])  # (world, num_params)
+        if not bool((gathered == gathered[0]).all()):
+            raise IrepaError(
+                f"the {self.world_size} processes hold different weights at step {self.step}: they are not "
+                "synchronized (see docs/training.md, multi-GPU launch); not writing a checkpoint"
+            )
 
     def snapshot_path(self, step: int) -> Path:
         """Where the EMA snapshot of ``step`` is written."""
@@ -589,8 +611,7 @@ class Trainer:
                     "extra": {"nimg": self.nimg, "ema_decay": self.config.train.ema_decay},
                 },
             )
-            if self.logger is not None:
-                self.logger.info(f"EMA snapshot {path}")
+            self.logger.info(f"EMA snapshot {path}")
         self.last_snapshot = path
         self.accelerator.wait_for_everyone()
         return path

@@ -16,6 +16,19 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]  # no temporary file left behind
 
 
+def test_atomic_write_uses_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    try:
+        with atomic_write(tmp_path / "x.bin") as f:
+            f.write(b"1")
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "x.bin").stat().st_mode) == 0o644
+
+
 def test_tensor_file_formats(tmp_path):
     x = torch.randn(2, 4, 3)
     save_safetensors({"a": x}, tmp_path / "f.safetensors", {"encoder": "demo"})

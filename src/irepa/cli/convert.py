@@ -1,0 +1,175 @@
+"""``irepa convert``: official REPA / iREPA / REPA-E ``.pt`` checkpoints → irepa inference snapshot + config.
+
+Writes ``OUT/model.safetensors`` (an inference snapshot, see :mod:`irepa.models.io`), ``OUT/config.yaml`` (what was
+detected: model, diffusion path, latent space, alignment recipe, source file and the run's original args) and, when
+the checkpoint holds projectors, ``OUT/projectors.safetensors`` (aligner layout ``projectors.K.net.*``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+_OUTPUTS = ("model.safetensors", "config.yaml", "projectors.safetensors")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the ``irepa convert`` arguments."""
+    parser.description = (
+        "Convert an official REPA / iREPA / REPA-E SiT checkpoint (.pt, read with weights_only=True) into an irepa "
+        "inference snapshot (model.safetensors + config.yaml, and projectors.safetensors when present)."
+    )
+    parser.add_argument("checkpoint", metavar="CKPT", help="official checkpoint: a training dict or a bare state dict")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output directory (created if missing)")
+    parser.add_argument(
+        "--model",
+        metavar="NAME",
+        help="architecture name, e.g. SiT-XL/2 (default: detected from the weights and the checkpoint's args; "
+        "a wrong name fails with the mismatched keys listed)",
+    )
+    parser.add_argument(
+        "--which",
+        choices=("auto", "ema", "model"),
+        default="auto",
+        help="weights to take from a training dict: the EMA (what official evaluation uses; default via auto) or "
+        "the raw model",
+    )
+    parser.add_argument(
+        "--vae",
+        metavar="ID_OR_DIR",
+        help="VAE to decode with (default: stabilityai/sd-vae-ft-mse for REPA/iREPA; required for REPA-E, whose "
+        "end-to-end tuned VAE is not converted)",
+    )
+    parser.add_argument(
+        "--latent-stats",
+        metavar="FILE",
+        help="per-channel latent statistics (.pt with latents_scale, latents_bias), e.g. "
+        "sdvae-ft-mse-f8d4-latents-stats.pt; required for iREPA-ldm checkpoints, overrides REPA-E's bn statistics",
+    )
+    parser.add_argument(
+        "--path",
+        choices=("linear", "cosine"),
+        help="interpolation path the model was trained on (default: the checkpoint's args.path_type, else linear)",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16", "float16"),
+        default="float32",
+        help="dtype of the written weights (default float32; bfloat16 halves the file)",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files in DIR")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Convert, write the outputs, print what was detected."""
+    import torch
+    import yaml
+
+    from irepa.diffusion.paths import PATHS
+    from irepa.errors import IrepaError
+    from irepa.models.io import save_inference
+    from irepa.models.official import load_latent_stats, load_official_checkpoint, official_space
+    from irepa.models.sit import count_parameters
+    from irepa.utils.io import save_safetensors, sha256_file, write_text
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise IrepaError(f"--out {str(out)!r} exists and is not a directory")
+    existing = [name for name in _OUTPUTS if (out / name).exists()]
+    if existing and not args.overwrite:
+        raise IrepaError(f"{str(out)!r} already holds {', '.join(existing)}; pass --overwrite to replace them")
+
+    ckpt = load_official_checkpoint(args.checkpoint, which=args.which, model_name=args.model)
+    stats = load_latent_stats(args.latent_stats) if args.latent_stats else None
+    space = official_space(ckpt, vae=args.vae, latent_normalization=stats)
+    official_args = ckpt.args or {}
+    path_name = args.path or official_args.get("path_type") or "linear"
+    if path_name not in PATHS:
+        raise IrepaError(f"the checkpoint's path_type {path_name!r} is not one of {PATHS.list()}; pass --path")
+    dtype = getattr(torch, args.dtype)
+
+    source = {
+        "file": Path(args.checkpoint).name,
+        "sha256": sha256_file(args.checkpoint),
+        "origin": ckpt.origin,
+        "container": ckpt.container,
+        "weights": ckpt.which,
+        "steps": ckpt.steps,
+    }
+    config = {
+        "model": {"name": ckpt.model_name, "kwargs": ckpt.model_kwargs},
+        "diffusion": {"path": path_name},
+        "space": space,
+    }
+    align = ckpt.align_settings()
+    if align:
+        config["align"] = align
+    config["source"] = source
+    if ckpt.args is not None:
+        config["official_args"] = ckpt.args
+    config_text = "# written by irepa convert; align and official_args are what the official run used\n"
+    config_text += yaml.safe_dump(config, sort_keys=False, width=120)
+
+    model = ckpt.build_model()
+    save_inference(
+        out / "model.safetensors",
+        model,
+        model_name=ckpt.model_name,
+        model_kwargs=ckpt.model_kwargs,
+        metadata={
+            "diffusion": {"path": path_name},
+            "space": space,
+            "step": ckpt.steps,
+            "ema": ckpt.which == "ema",
+            "config": config_text,
+            "source": source,
+        },
+        dtype=dtype,
+    )
+    write_text(out / "config.yaml", config_text)
+    written = ["model.safetensors", "config.yaml"]
+    info = ckpt.projector_info
+    if info is not None:
+        header = {
+            "format": "irepa-projectors/1",
+            "projector": json.dumps(
+                {
+                    "kind": info.kind,
+                    "in_dim": info.in_dim,
+                    "out_dims": info.out_dims,
+                    "hidden_dim": info.hidden_dim,
+                    "kernel_size": info.kernel_size,
+                }
+            ),
+            "align": json.dumps(align),
+            "source": json.dumps(source),
+        }
+        tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in ckpt.projectors.items()}
+        save_safetensors(tensors, out / "projectors.safetensors", metadata=header)
+        written.append("projectors.safetensors")
+    elif (out / "projectors.safetensors").exists():
+        (out / "projectors.safetensors").unlink()  # --overwrite of a directory from another checkpoint
+
+    kw = ckpt.model_kwargs
+    classes = f"{kw['num_classes']} classes" + (" + null" if kw["null_class"] else "")
+    steps = f", step {ckpt.steps}" if ckpt.steps is not None else ""
+    print(f"read      {args.checkpoint} ({ckpt.origin}, {ckpt.container}, {ckpt.which} weights{steps})")
+    print(
+        f"model     {ckpt.model_name}: depth {kw['depth']}, width {kw['hidden_size']}, {kw['num_heads']} heads, "
+        f"patch {kw['patch_size']}, input {kw['input_size']}x{kw['input_size']}x{kw['in_channels']}, {classes}, "
+        f"qk_norm {'on' if kw['qk_norm'] else 'off'} ({count_parameters(model) / 1e6:.1f}M parameters)"
+    )
+    if info is not None:
+        shape = {"mlp": f"{info.in_dim}->{info.hidden_dim}->{{}}", "linear": f"{info.in_dim}->{{}}"}.get(
+            info.kind, f"{info.in_dim}->{{}}, kernel {info.kernel_size}x{info.kernel_size}"
+        )
+        dims = ", ".join(shape.format(d) for d in info.out_dims)
+        print(f"projector {len(info.out_dims)} x {info.kind} ({dims}), {info.layout} key layout")
+    norm = space["normalization"]
+    norm_text = f"sd-scalar {norm['scale']}" if norm["kind"] == "sd-scalar" else f"{norm['kind']} statistics"
+    print(f"space     latent, VAE {space['vae']}, {norm_text}; path {path_name}")
+    if align:
+        print(f"align     {', '.join(f'{k}={v}' for k, v in align.items())}")
+    print(f"wrote     {', '.join(str(out / name) for name in written)}")
+    return 0

@@ -1,0 +1,120 @@
+import argparse
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from irepa.models.io import load_inference
+from irepa.models.official import load_official_checkpoint
+from irepa.utils.io import read_safetensors_metadata
+
+
+def _layout():
+    path = Path(__file__).resolve().parents[1] / "models" / "official_layout.py"
+    spec = importlib.util.spec_from_file_location("official_layout_for_cli", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+L = _layout()
+QK = dict(depth=2, width=64, patch=2, in_channels=4, num_classes=10, grid=(4, 4), qk_norm=True, heads=4)
+
+
+def write_checkpoint(path, *, projectors=None, **args):
+    state = L.random_state(L.official_sit_shapes(**QK), seed=0)
+    ns = argparse.Namespace(model="SiT-S/2", enc_type="dinov2-vit-b", encoder_depth=1, proj_coeff=0.5,
+                            resolution=64, path_type="linear", **args)  # fmt: skip
+    projectors = L.mlp_projector(0, 64, 32, 24, irepa=False) if projectors is None else projectors
+    torch.save(L.training_dict(state, {**state, **projectors}, ns, steps=50000), path)
+    return state
+
+
+def test_convert_repa_checkpoint(tmp_path, run_cli):
+    ckpt = tmp_path / "0050000.pt"
+    write_checkpoint(ckpt)
+    out = tmp_path / "converted"
+    result = run_cli("convert", ckpt, "--out", out)
+    assert result.code == 0, result
+    assert "SiT-S/2: depth 2, width 64, 4 heads, patch 2, input 8x8x4, 10 classes + null, qk_norm on" in result.out
+    assert "1 x mlp (64->32->24), repa key layout" in result.out
+    assert "sd-scalar 0.18215" in result.out
+
+    model, meta = load_inference(out / "model.safetensors")
+    official = load_official_checkpoint(ckpt)
+    for key, value in official.state_dict.items():
+        assert torch.equal(model.state_dict()[key], value), key
+    assert meta["ema"] is True and meta["step"] == 50000 and meta["diffusion"] == {"path": "linear"}
+    assert meta["space"]["normalization"] == {"kind": "sd-scalar", "scale": 0.18215, "bias": 0.0}
+    assert meta["source"]["origin"] == "repa" and len(meta["source"]["sha256"]) == 64
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["model"]["name"] == "SiT-S/2" and config["model"]["kwargs"]["depth"] == 2
+    assert config["align"] == {"encoders": ["dinov2-vit-b"], "depth": 1, "projector": "mlp", "projector_dim": 32,
+                               "weight": 0.5}  # fmt: skip
+    assert config["official_args"]["encoder_depth"] == 1
+    assert meta["config"] == config
+
+    header = read_safetensors_metadata(out / "projectors.safetensors")
+    assert header["format"] == "irepa-projectors/1"
+    assert json.loads(header["projector"]) == {"kind": "mlp", "in_dim": 64, "out_dims": [24], "hidden_dim": 32,
+                                               "kernel_size": None}  # fmt: skip
+    from safetensors.torch import load_file
+
+    assert sorted(load_file(out / "projectors.safetensors")) == sorted(
+        f"projectors.0.net.{i}.{p}" for i in (0, 2, 4) for p in ("weight", "bias")
+    )
+
+
+def test_convert_irepa_conv_checkpoint_needs_and_uses_latent_stats(tmp_path, run_cli):
+    ckpt = tmp_path / "irepa.pt"
+    write_checkpoint(ckpt, projectors=L.conv_projector(0, 64, 24, 1), spnorm_method="zscore", zscore_alpha=0.6)
+    out = tmp_path / "out"
+    result = run_cli("convert", ckpt, "--out", out)
+    assert result.code == 2 and "--latent-stats" in result.err
+    assert not out.exists()  # nothing half-written
+    stats = tmp_path / "stats.pt"
+    torch.save({"latents_scale": torch.full((1, 4, 1, 1), 2.0), "latents_bias": torch.zeros(1, 4, 1, 1)}, stats)
+    result = run_cli("convert", ckpt, "--out", out, "--latent-stats", stats, "--dtype", "bfloat16")
+    assert result.code == 0, result
+    assert "1 x conv (64->24, kernel 1x1), irepa key layout" in result.out
+    assert "target_norm=spatial" in result.out and "kernel_size=1" in result.out
+    model, meta = load_inference(out / "model.safetensors")
+    assert model.blocks[0].attn.qkv.weight.dtype == torch.bfloat16
+    assert meta["space"]["normalization"] == {"kind": "per-channel", "mean": [0.0] * 4, "std": [0.5] * 4}
+
+
+def test_convert_refuses_wrong_architecture_existing_output_and_truncated_files(tmp_path, run_cli):
+    ckpt = tmp_path / "c.pt"
+    write_checkpoint(ckpt)
+    out = tmp_path / "out"
+    wrong = run_cli("convert", ckpt, "--out", out, "--model", "SiT-B/2")
+    assert wrong.code == 2 and "does not match SiT-B/2" in wrong.err and "blocks.2." in wrong.err
+    assert not out.exists()
+    assert run_cli("convert", ckpt, "--out", out).code == 0
+    again = run_cli("convert", ckpt, "--out", out)
+    assert again.code == 2 and "--overwrite" in again.err
+    assert run_cli("convert", ckpt, "--out", out, "--overwrite").code == 0
+    truncated = tmp_path / "t.pt"
+    truncated.write_bytes(ckpt.read_bytes()[:1000])
+    bad = run_cli("convert", truncated, "--out", tmp_path / "out2")
+    assert bad.code == 2 and "truncated or corrupt" in bad.err and len(bad.err.strip().splitlines()) == 1
+    assert not (tmp_path / "out2").exists()
+
+
+@pytest.mark.parametrize("flag", ["--which", "--vae", "--latent-stats", "--path", "--dtype", "--overwrite", "--model"])
+def test_help_documents_every_option(run_cli, flag):
+    result = run_cli("convert", "--help")
+    assert result.code == 0 and flag in result.out
+
+
+def test_convert_in_a_real_process(tmp_path, run_cli_subprocess):
+    ckpt = tmp_path / "last.pt"
+    write_checkpoint(ckpt)
+    result = run_cli_subprocess("convert", ckpt, "--out", tmp_path / "snap")
+    assert result.code == 0, result
+    assert (tmp_path / "snap" / "model.safetensors").is_file()
+    missing = run_cli_subprocess("convert", tmp_path / "nope.pt", "--out", tmp_path / "x")
+    assert missing.code == 2 and "does not exist" in missing.err

@@ -85,7 +85,9 @@ def test_snapshot_is_self_describing(reference):
 
 
 @pytest.mark.parametrize("crash_kind", ["exception"])
-def test_crash_at_random_step_then_resume_is_bit_identical(tmp_path, latent_stores, reference, monkeypatch, crash_kind, latent_overrides):
+def test_crash_at_random_step_then_resume_is_bit_identical(
+    tmp_path, latent_stores, reference, monkeypatch, crash_kind, latent_overrides
+):
     crash_at = random.Random(1234).randint(5, 7)  # after the step-4 checkpoint, before the end
     original = Trainer.train_step
 
@@ -193,7 +195,11 @@ def test_overfits_a_few_latents(tmp_path, latent_stores, latent_overrides):
 
 
 def test_aligner_taps_the_configured_block(tmp_path, pixel_store, pixel_overrides):
-    cfg = resolve_config(overrides=pixel_overrides(pixel_store, "model.overrides={depth: 3, hidden_size: 64, num_heads: 2}", "align.depth=2"))
+    cfg = resolve_config(
+        overrides=pixel_overrides(
+            pixel_store, "model.overrides={depth: 3, hidden_size: 64, num_heads: 2}", "align.depth=2"
+        )
+    )
     trainer = Trainer(cfg, tmp_path)
     batch = next(trainer.data.iterator())
     x0 = trainer.data.model_input(batch, None)
@@ -226,7 +232,7 @@ def test_resume_refuses_a_different_config(tmp_path, pixel_store, pixel_override
     fit(tmp_path, pixel_overrides(pixel_store, "train.max_steps=2"))
     with pytest.raises(ConfigError, match=r"optim\.lr: 0\.001 -> 0\.002"):
         Trainer(resolve_config(overrides=pixel_overrides(pixel_store, "optim.lr=2e-3")), tmp_path)
-    trainer, result = fit(tmp_path, pixel_overrides(pixel_store, "train.max_steps=4"))  # resumable change
+    _trainer, result = fit(tmp_path, pixel_overrides(pixel_store, "train.max_steps=4"))  # resumable change
     assert result.step == 4 and "train.max_steps: 2 -> 4" in (tmp_path / "log.txt").read_text()
 
 

@@ -98,5 +98,5 @@ def test_resumable_keys_are_real_config_keys():
 
 
 def test_trainconfig_needs_data():
-    with pytest.raises(ConfigError, match="data.latents"):
+    with pytest.raises(ConfigError, match=r"data\.latents"):
         TrainConfig()

@@ -90,7 +90,7 @@ def test_interrupted_process_resumes_bit_identically(tmp_path, long_run, uninter
     stop_at = random.Random(int(sig)).randint(8, 30)
     proc = _start(tmp_path, long_run)
     _interrupt_at(proc, tmp_path, stop_at, sig)
-    out, err = proc.communicate(timeout=120)
+    _out, err = proc.communicate(timeout=120)
     if sig == signal.SIGTERM:
         # Finish the step, checkpoint, exit cleanly.
         assert proc.returncode == 0, err
@@ -116,8 +116,18 @@ def test_two_process_ddp_on_cpu_matches_one_process(tmp_path, pixel_store, pixel
     Trainer(resolve_config(overrides=overrides), tmp_path / "one").fit()
     proc = subprocess.run(
         [
-            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-            "-m", "irepa", "train", "--run-dir", str(tmp_path / "two"), *overrides,
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "irepa",
+            "train",
+            "--run-dir",
+            str(tmp_path / "two"),
+            *overrides,
         ],
         capture_output=True,
         text=True,

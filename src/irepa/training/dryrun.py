@@ -61,7 +61,11 @@ def dry_run_report(config: TrainConfig, run_dir: str | Path, *, world_size: int 
             from irepa.align import RepresentationAligner
             from irepa.encoders import ENCODERS
 
-            dims = {name: ENCODERS.get(name).embed_dim for name in cfg.align.encoders}
+            overrides = cfg.teacher.arch_overrides
+            dims = {
+                name: int(overrides.get(name, {}).get("embed_dim", ENCODERS.get(name).embed_dim))
+                for name in cfg.align.encoders
+            }
             aligner = RepresentationAligner.from_config(cfg.align, model.hidden_size, dims)
             notes.append(
                 f"align: {', '.join(cfg.align.encoders)} at block {cfg.align.depth}/{model.depth}, "

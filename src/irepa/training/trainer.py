@@ -194,6 +194,13 @@ class Trainer:
             eps=cfg.optim.eps,
         )
         self.scaler = torch.amp.GradScaler("cuda") if cfg.train.precision == "fp16" else None
+        # Named collections, so recipes with several trained parts (REPA-E: SiT, VAE, discriminator) extend them:
+        # every entry is checkpointed as "<name>.safetensors", "optimizer.<name>.pt" and "ema.<name>.safetensors".
+        self.modules: dict[str, nn.Module] = {"model": self.model}
+        if self.aligner is not None:
+            self.modules["aligner"] = self.aligner  # trained, checkpointed, not EMA'd
+        self.optimizers: dict[str, torch.optim.Optimizer] = {"main": self.optimizer}
+        self.emas: dict[str, EMA] = {"model": self.ema}
 
         # Per-step randomness: one generator, same seed and state on every process (see train_step).
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.train.seed)
@@ -544,14 +551,14 @@ class Trainer:
         error: str | None = None
         path: Path | None = None
         if self.is_main:
-            tensors = {"model": self.model.state_dict(), "ema.model": self.ema.state_dict()}
-            if self.aligner is not None:
-                tensors["aligner"] = self.aligner.state_dict()
+            tensors = {name: module.state_dict() for name, module in self.modules.items()}
+            tensors.update({f"ema.{name}": ema.state_dict() for name, ema in self.emas.items()})
+            objects = {f"optimizer.{name}": opt.state_dict() for name, opt in self.optimizers.items()}
             try:
                 path = self.checkpoints.save(
                     self.step,
                     tensors=tensors,
-                    objects={"optimizer.main": self.optimizer.state_dict(), "trainer": state},
+                    objects={**objects, "trainer": state},
                     texts={"config.yaml": dump_yaml(self.config)},
                     meta={"nimg": self.nimg, "name": self.config.name},
                 )
@@ -630,19 +637,18 @@ class Trainer:
         old_config = yaml.safe_load(loaded.texts.get("config.yaml", "")) or {}
         check_resume_compatible(old_config, self.config, where=f"checkpoint {loaded.path}")
         where = f"checkpoint {loaded.path}"
-        check_state_dict(self.model, loaded.tensors["model"], f"model from {where}")
-        self.model.load_state_dict(loaded.tensors["model"])
-        check_state_dict(self.ema.module, loaded.tensors["ema.model"], f"EMA from {where}")
-        self.ema.load_state_dict(loaded.tensors["ema.model"])
-        if self.aligner is not None:
-            if "aligner" not in loaded.tensors:
-                raise CheckpointError(f"{where} has no aligner state; it was trained without alignment")
-            check_state_dict(self.aligner, loaded.tensors["aligner"], f"aligner from {where}")
-            self.aligner.load_state_dict(loaded.tensors["aligner"])
-        try:
-            self.optimizer.load_state_dict(loaded.objects["optimizer.main"])
-        except (ValueError, KeyError) as exc:
-            raise CheckpointError(f"optimizer state in {where} does not match the model: {exc}") from exc
+        parts = [(name, module) for name, module in self.modules.items()]
+        parts += [(f"ema.{name}", ema.module) for name, ema in self.emas.items()]
+        for name, module in parts:
+            if name not in loaded.tensors:
+                raise CheckpointError(f"{where} has no {name!r} state (it was trained with another recipe)")
+            check_state_dict(module, loaded.tensors[name], f"{name} from {where}")
+            module.load_state_dict(loaded.tensors[name])
+        for name, optimizer in self.optimizers.items():
+            try:
+                optimizer.load_state_dict(loaded.objects[f"optimizer.{name}"])
+            except (ValueError, KeyError) as exc:
+                raise CheckpointError(f"optimizer {name!r} state in {where} does not match the model: {exc}") from exc
         state = loaded.objects["trainer"]
         self.step, self.nimg = int(state["step"]), int(state["nimg"])
         self.generator.set_state(state["generator"])

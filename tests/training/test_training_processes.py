@@ -49,7 +49,11 @@ def _steps_logged(run_dir: Path) -> int:
 def long_run(pixel_store, pixel_overrides):
     """Overrides of a 40-step run logging every step (slow enough to be interrupted in the middle)."""
     return pixel_overrides(
-        pixel_store, "train.max_steps=40", "train.log_every_steps=1", "train.checkpoint_every_steps=5"
+        pixel_store,
+        "train.max_steps=40",
+        "train.log_every_steps=1",
+        "train.checkpoint_every_steps=5",
+        "data.num_workers=1",  # a worker process, which must survive the signal
     )
 
 
@@ -67,6 +71,7 @@ def _start(run_dir: Path, overrides: list[str]) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
         env=_env(),
+        start_new_session=True,  # its own process group, signalled as a whole like a scheduler or Ctrl-C would
     )
 
 
@@ -76,7 +81,7 @@ def _interrupt_at(proc: subprocess.Popen, run_dir: Path, step: int, sig: int, ti
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "the run did not reach the step in time"
         time.sleep(0.005)
-    proc.send_signal(sig)
+    os.killpg(proc.pid, sig)  # the trainer and its DataLoader workers
 
 
 def _assert_same(a: dict, b: dict) -> None:

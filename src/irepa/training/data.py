@@ -85,6 +85,18 @@ def inspect_data(cfg: DataConfig, *, need_images: bool) -> dict[str, Any]:
     }
 
 
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Make a DataLoader worker ignore SIGINT and SIGTERM.
+
+    A scheduler or Ctrl-C signals the whole process group; the main process must be able to finish its step and
+    write a checkpoint with its workers still alive (they exit with it).
+    """
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 class TrainData:
     """Dataset, resumable sampler and loader of one training process, plus the ``x0`` conversion.
 
@@ -191,6 +203,7 @@ class TrainData:
             persistent_workers=False,
             prefetch_factor=4 if workers > 0 else None,
             drop_last=False,
+            worker_init_fn=_ignore_stop_signals if workers > 0 else None,
         )
         return iter(self._loader)
 

@@ -352,7 +352,7 @@ class Trainer:
             if self.step % cfg.train.log_every_steps == 0 or final or stop:
                 self._log_interval(self.step - last_log_step)
                 last_log_step = self.step
-            if stop:
+            if stop and not final:
                 self.logger.info(
                     f"{self._stop.received or 'stop signal'} received: stopping after step {self.step}; "
                     "writing a checkpoint (rerun the same command to resume)"

@@ -1,0 +1,296 @@
+"""SD-VAE through diffusers ``AutoencoderKL``: offline-first loading, posterior moments, decoding to uint8.
+
+Weights come from the Hugging Face hub (or its cache) or from a local ``save_pretrained`` folder.
+
+Conventions (REPA / iREPA / ADM):
+- Encoder input: uint8 pixels scaled to [−1, 1] (``x / 127.5 − 1``).
+- Moments: the posterior ``mean`` and ``std`` (``exp(logvar / 2)``, logvar clamped to [−30, 20] by diffusers), each
+  ``(B, C, H/8, W/8)``; stores keep them concatenated along channels (mean ‖ std, REPA's layout).
+- Decoder output ``x`` in [−1, 1] → uint8 ``(x + 1) / 2 · 255``, clamped. ``quantize="round"`` (default) rounds to
+  the nearest integer; ``quantize="truncate"`` reproduces REPA/ADM sampling scripts exactly, which cast with
+  ``.to(uint8)`` (truncation, on average half a grey level darker).
+
+``stabilityai/sd-vae-ft-mse`` and ``stabilityai/sd-vae-ft-ema`` share the original KL-f8 encoder (only the decoders
+were fine-tuned), so latents encoded with either are identical; decoding differs. REPA trains on ft-mse latents
+but its ``generate.py`` decodes with ft-ema by default. irepa records the VAE id in latent stores and snapshots and
+never switches silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from irepa.errors import IrepaError, WeightsNotFoundError
+from irepa.registry import Registry
+
+__all__ = ["TINY_VAE_CONFIG", "VAE", "VAES", "VAESpec", "canonical_vae_id", "load_vae", "save_random_vae"]
+
+
+@dataclasses.dataclass(frozen=True)
+class VAESpec:
+    """A known VAE: hub id and the facts irepa records about it."""
+
+    id: str
+    description: str
+    latent_channels: int = 4
+    downsample: int = 8
+    scaling_factor: float = 0.18215
+    encoder: str = "sd-kl-f8"  # VAEs with the same encoder produce identical latents
+
+
+VAES: Registry[VAESpec] = Registry("VAE")
+VAES.register(
+    "stabilityai/sd-vae-ft-mse",
+    VAESpec("stabilityai/sd-vae-ft-mse", "SD KL-f8 VAE, decoder fine-tuned with MSE (REPA/iREPA training latents)"),
+    aliases=("sd-vae-ft-mse",),
+)
+VAES.register(
+    "stabilityai/sd-vae-ft-ema",
+    VAESpec("stabilityai/sd-vae-ft-ema", "SD KL-f8 VAE, decoder fine-tuned with EMA (REPA generate.py default)"),
+    aliases=("sd-vae-ft-ema",),
+)
+
+#: A 1.0M-parameter AutoencoderKL with the SD-VAE's structure (f8, 4 latent channels), for tests and demos.
+TINY_VAE_CONFIG: dict[str, Any] = {
+    "block_out_channels": (32, 32, 64, 64),
+    "down_block_types": ("DownEncoderBlock2D",) * 4,
+    "up_block_types": ("UpDecoderBlock2D",) * 4,
+    "layers_per_block": 1,
+    "norm_num_groups": 32,
+    "latent_channels": 4,
+}
+#: The SD-VAE architecture (83.7M parameters), e.g. for shape checks or benchmarks with random weights.
+SD_VAE_CONFIG: dict[str, Any] = {
+    "block_out_channels": (128, 256, 512, 512),
+    "down_block_types": ("DownEncoderBlock2D",) * 4,
+    "up_block_types": ("UpDecoderBlock2D",) * 4,
+    "layers_per_block": 2,
+    "norm_num_groups": 32,
+    "latent_channels": 4,
+    "sample_size": 256,
+}
+
+
+def canonical_vae_id(name: str) -> str:
+    """``sd-vae-ft-mse`` → ``stabilityai/sd-vae-ft-mse``; other names (hub ids, folders) unchanged."""
+    return VAES.canonical(name) if name in VAES else name
+
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def parse_dtype(name: str | torch.dtype) -> torch.dtype:
+    """``"float16"`` → ``torch.float16`` (also accepts a ``torch.dtype``)."""
+    if isinstance(name, torch.dtype):
+        return name
+    if name not in _DTYPES:
+        raise IrepaError(f"dtype {name!r} is not one of {', '.join(_DTYPES)}")
+    return _DTYPES[name]
+
+
+def to_uint8(images: torch.Tensor, quantize: Literal["round", "truncate"] = "round") -> torch.Tensor:
+    """Map decoder output in [−1, 1] to uint8 [0, 255] (float32 maths; see the module docstring for ``quantize``)."""
+    x = ((images.float() + 1) * 127.5).clamp(0, 255)
+    if quantize == "round":
+        x = x.round()
+    elif quantize != "truncate":
+        raise IrepaError(f"quantize {quantize!r} is not one of 'round', 'truncate'")
+    return x.to(torch.uint8)
+
+
+class VAE(torch.nn.Module):
+    """A frozen ``diffusers.AutoencoderKL`` with irepa's pixel conventions.
+
+    Args:
+        model: The diffusers autoencoder.
+        name: The VAE id recorded in stores and snapshots (canonical hub id, or the folder it came from).
+        revision: Hub revision it was loaded at, if any.
+        weights: Local folder the weights came from, if any.
+    """
+
+    def __init__(self, model: Any, *, name: str, revision: str | None = None, weights: str | None = None) -> None:
+        super().__init__()
+        self.model = model.eval().requires_grad_(False)
+        self.name = name
+        self.revision = revision
+        self.weights = weights
+
+    @property
+    def latent_channels(self) -> int:
+        """Channels C of the latent."""
+        return int(self.model.config.latent_channels)
+
+    @property
+    def downsample(self) -> int:
+        """Spatial downsampling factor (8 for SD-VAE)."""
+        return 2 ** (len(self.model.config.block_out_channels) - 1)
+
+    @property
+    def scaling_factor(self) -> float:
+        """The config's scalar latent scale (0.18215 for SD-VAE)."""
+        return float(self.model.config.scaling_factor)
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the weights."""
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Compute dtype of the weights."""
+        return next(self.model.parameters()).dtype
+
+    def latent_shape(self, resolution: int) -> tuple[int, int, int]:
+        """``(C, h, w)`` of the latent of a ``resolution`` × ``resolution`` image."""
+        if resolution % self.downsample:
+            raise IrepaError(f"resolution {resolution} is not divisible by the VAE's downsampling {self.downsample}")
+        side = resolution // self.downsample
+        return self.latent_channels, side, side
+
+    def encoder_sha256(self) -> str:
+        """SHA-256 of the encoder-side weights (``encoder.*``, ``quant_conv.*``): equal hashes give equal latents."""
+        digest = hashlib.sha256()
+        for key, value in sorted(self.model.state_dict().items()):
+            if key.startswith(("encoder.", "quant_conv.")):
+                digest.update(key.encode())
+                digest.update(value.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        return digest.hexdigest()
+
+    @torch.no_grad()
+    def encode_moments(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior moments of uint8 images.
+
+        Args:
+            images: uint8 ``(B, 3, H, W)``, H and W divisible by :attr:`downsample`.
+
+        Returns:
+            ``(mean, std)``, each float32 ``(B, C, H/8, W/8)`` on the VAE's device.
+        """
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+            raise IrepaError(f"VAE input must be uint8 (B, 3, H, W) images, got {images.dtype} {tuple(images.shape)}")
+        if images.shape[2] % self.downsample or images.shape[3] % self.downsample:
+            raise IrepaError(
+                f"image size {images.shape[2]}x{images.shape[3]} is not divisible by the VAE's downsampling "
+                f"{self.downsample}"
+            )
+        x = images.to(self.device).to(self.dtype) / 127.5 - 1
+        with torch.autocast(device_type=self.device.type, enabled=False):
+            posterior = self.model.encode(x).latent_dist
+        return posterior.mean.float(), posterior.std.float()
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, *, quantize: Literal["round", "truncate"] = "round") -> torch.Tensor:
+        """Decode raw (denormalized) latents to uint8 images.
+
+        Args:
+            latents: ``(B, C, h, w)`` in the VAE's own latent space (undo the training normalization first, with
+                :meth:`irepa.data.latents.LatentNormalization.denormalize`).
+            quantize: ``"round"`` (default) or ``"truncate"`` (REPA/ADM sampling scripts).
+
+        Returns:
+            uint8 ``(B, 3, h·8, w·8)`` on the VAE's device.
+        """
+        if latents.ndim != 4 or latents.shape[1] != self.latent_channels:
+            raise IrepaError(f"latents must be (B, {self.latent_channels}, h, w), got {tuple(latents.shape)}")
+        with torch.autocast(device_type=self.device.type, enabled=False):
+            images = self.model.decode(latents.to(self.device, self.dtype)).sample
+        return to_uint8(images, quantize)
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or Path(name).expanduser().exists() or name.count("/") > 1
+
+
+def load_vae(
+    name_or_dir: str,
+    *,
+    weights: str | Path | None = None,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    offline: bool = False,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype = torch.float32,
+) -> VAE:
+    """Load an AutoencoderKL from the Hugging Face hub (or its cache) or a local folder.
+
+    Args:
+        name_or_dir: Hub id (``stabilityai/sd-vae-ft-mse``, or the alias ``sd-vae-ft-mse``) or a folder with
+            ``config.json`` + ``diffusion_pytorch_model.safetensors`` (as written by ``save_pretrained``).
+        weights: A local folder to load the weights from while recording ``name_or_dir`` as the VAE's id.
+        revision: Hub revision (branch, tag or commit).
+        cache_dir: Hugging Face cache folder (default: the library's).
+        offline: Never download; only the cache or local folders.
+        device: Target device.
+        dtype: Compute dtype (``float32``, ``float16`` or ``bfloat16``).
+
+    Raises:
+        WeightsNotFoundError: The weights are not available locally and downloading is off or failed; the message
+            names what was looked for and how to get it.
+    """
+    from diffusers import AutoencoderKL
+
+    torch_dtype = parse_dtype(dtype)
+    name = canonical_vae_id(name_or_dir)
+    local = Path(weights).expanduser() if weights is not None else None
+    if local is None and _looks_like_path(name_or_dir):
+        local = Path(name_or_dir).expanduser()
+        name = str(local.resolve())
+    if local is not None:
+        if not (local / "config.json").is_file():
+            raise WeightsNotFoundError(
+                f"VAE folder {str(local)!r} has no config.json; pass a folder written by save_pretrained "
+                "(config.json + diffusion_pytorch_model.safetensors), e.g. from "
+                "`huggingface-cli download stabilityai/sd-vae-ft-mse --local-dir DIR`"
+            )
+        try:
+            model = AutoencoderKL.from_pretrained(str(local), torch_dtype=torch_dtype, local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise WeightsNotFoundError(f"cannot load the VAE from {str(local)!r}: {str(exc).splitlines()[0]}") from exc
+        return VAE(model.to(device), name=name, revision=revision, weights=str(local.resolve()))
+    try:
+        with warnings.catch_warnings():
+            # diffusers passes a deprecated argument to huggingface_hub; the warning is noise for irepa's users.
+            warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
+            model = AutoencoderKL.from_pretrained(
+                name,
+                revision=revision,
+                cache_dir=str(cache_dir) if cache_dir is not None else None,
+                local_files_only=offline,
+                torch_dtype=torch_dtype,
+            )
+    except (OSError, ValueError) as exc:
+        where = f"cache {str(cache_dir)!r}" if cache_dir is not None else "the Hugging Face cache"
+        mode = "downloads are off (offline)" if offline else "downloading failed"
+        raise WeightsNotFoundError(
+            f"VAE {name!r} (revision {revision or 'main'}) is not in {where} and {mode}; on a connected machine run "
+            f"`huggingface-cli download {name}` (or encode once without --offline), or pass --vae-weights DIR with "
+            "config.json + diffusion_pytorch_model.safetensors"
+        ) from exc
+    return VAE(model.to(device), name=name, revision=revision)
+
+
+def save_random_vae(out_dir: str | Path, *, config: dict[str, Any] | None = None, seed: int = 0) -> Path:
+    """Save a randomly initialised AutoencoderKL with ``save_pretrained`` (tests, offline demos, benchmarks).
+
+    Args:
+        out_dir: Folder to write (``config.json`` + ``diffusion_pytorch_model.safetensors``).
+        config: AutoencoderKL keyword arguments (default :data:`TINY_VAE_CONFIG`, 1.0M parameters).
+        seed: Seed of the random initialisation.
+
+    Returns:
+        ``out_dir``, loadable with :func:`load_vae`.
+    """
+    from diffusers import AutoencoderKL
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoencoderKL(**(config or TINY_VAE_CONFIG))
+    out_dir = Path(out_dir)
+    model.save_pretrained(str(out_dir))
+    return out_dir

@@ -179,7 +179,8 @@ class TrainData:
             meta["normalization"] = self.normalization.to_dict()
         else:
             meta["vae"] = None
-            meta["normalization"] = {"kind": "pixel", "scale": [1 / 127.5], "bias": [127.5]}  # x = (u8 - 127.5)/127.5
+            # x = u8 / 127.5 - 1; images are recovered as u8 = round((x + 1) * 127.5), clamped to [0, 255].
+            meta["normalization"] = {"kind": "pixel-[-1,1]", "scale": 1 / 127.5, "bias": 127.5}
         return meta
 
     def fingerprints(self) -> dict[str, str]:

@@ -264,3 +264,41 @@ def test_missing_store_is_a_clear_error(tmp_path, pixel_store, pixel_overrides):
 def test_store_not_matching_the_config_is_refused(tmp_path, pixel_store, pixel_overrides):
     with pytest.raises(Exception, match="resolution expected 256, found 32"):
         Trainer(resolve_config(overrides=pixel_overrides(pixel_store, "data.resolution=256")), tmp_path)
+
+
+def test_compiled_model_trains_and_checkpoints_plain_keys(tmp_path, pixel_store, pixel_overrides, monkeypatch):
+    # Dynamo with the "eager" backend: the trainer's compile path (in-place compile, DDP wrapping, plain state-dict
+    # keys) without inductor's minutes of C++ compilation on a CPU.
+    original = torch.nn.Module.compile
+    calls = []
+
+    def compile_eager(self, *args, **kwargs):
+        calls.append(type(self).__name__)
+        return original(self, *args, backend="eager", **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "compile", compile_eager)
+    _, result = fit(tmp_path, pixel_overrides(pixel_store, "train.compile=true", "train.max_steps=2"))
+    assert result.status == "completed" and calls == ["SiT"]
+    state = final_state(tmp_path, 2)
+    assert not any("_orig_mod" in key for key in state)
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in records(tmp_path))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_on_cuda(tmp_path, latent_stores, latent_overrides, precision):
+    overrides = latent_overrides(
+        latent_stores, "train.device=cuda", f"train.precision={precision}", "train.max_steps=4"
+    )
+    trainer, result = fit(tmp_path, overrides)
+    assert result.status == "completed" and trainer.device.type == "cuda"
+    rows = records(tmp_path)
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows) and "mem_gb" in rows[-1]
+    assert ("loss_scale" in rows[-1]) == (precision == "fp16")
+    assert all(v.dtype == torch.float32 for v in final_state(tmp_path, 4).values() if v.is_floating_point())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only refusal")
+def test_fp16_needs_cuda(tmp_path, pixel_store, pixel_overrides):
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
+        Trainer(resolve_config(overrides=pixel_overrides(pixel_store, "train.precision=fp16")), tmp_path)

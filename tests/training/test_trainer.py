@@ -9,7 +9,7 @@ import random
 import pytest
 import torch
 
-from irepa.errors import ConfigError
+from irepa.errors import ConfigError, IrepaError
 from irepa.training.checkpoint import CheckpointError
 from irepa.training.config import resolve_config
 from irepa.training.guard import NonFiniteError
@@ -302,3 +302,12 @@ def test_mixed_precision_on_cuda(tmp_path, latent_stores, latent_overrides, prec
 def test_fp16_needs_cuda(tmp_path, pixel_store, pixel_overrides):
     with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
         Trainer(resolve_config(overrides=pixel_overrides(pixel_store, "train.precision=fp16")), tmp_path)
+
+
+def test_diverged_processes_are_detected_before_writing(tmp_path, pixel_store, pixel_overrides, monkeypatch):
+    trainer = Trainer(resolve_config(overrides=pixel_overrides(pixel_store, "train.max_steps=2")), tmp_path)
+    trainer.world_size = 2  # pretend: a second process whose weights drifted (e.g. an unsynchronized launch)
+    monkeypatch.setattr(trainer.accelerator, "gather", lambda x: torch.cat([x, x + 1.0]))
+    with pytest.raises(IrepaError, match="2 processes hold different weights at step 0: they are not synchronized"):
+        trainer.save_checkpoint()
+    assert not (tmp_path / "checkpoints").exists()

@@ -84,3 +84,12 @@ def test_rng_state_round_trip_is_weights_only_safe(tmp_path):
     restore_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
     assert (random.random(), np.random.rand()) == expected[:2]
     assert torch.equal(torch.rand(2), expected[2])
+
+
+def test_launcher_process_count_mismatch_is_refused():
+    from irepa.errors import IrepaError
+    from irepa.training.distributed import make_accelerator
+
+    assert make_accelerator("cpu", expected_world_size=1).num_processes == 1
+    with pytest.raises(IrepaError, match="the launcher started 2 processes but accelerate set up 1"):
+        make_accelerator("cpu", expected_world_size=2)

@@ -6,6 +6,12 @@
 writes ``spatial_metrics.json`` (settings, means, per-image values) and ``spatial_metrics.csv`` (one row per image
 and source).
 
+``irepa metrics spatial --encoder NAME [--encoder NAME2 ...] --images DIR [--masks DIR]`` runs zoo encoders on an
+image folder first (one token source per encoder) and measures their tokens; SRSS uses the mask PNGs of
+``--masks DIR`` (same keys as the images), brought to each token grid by
+:func:`irepa.metrics.spatial.masks_to_patches` and filtered by :func:`irepa.metrics.spatial.srss_mask_filter` (the
+paper keeps images with ≥ 64 foreground and ≥ 64 background patches of 256).
+
 The work is split so that other input modes reuse it: :func:`spatial_report` takes ``{name: tokens}`` and optional
 masks and returns a :class:`SpatialReport` (table, JSON, CSV); :func:`write_report` writes it. File loading lives in
 :func:`load_token_sources` and :func:`load_masks`.
@@ -50,18 +56,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     spatial.add_argument(
         "files",
-        nargs="+",
+        nargs="*",
         metavar="FILE",
         type=Path,
         help="token files (.safetensors, .pt, .npy, .npz) holding a tensor (B, T, D) or a dict of them; each "
-        "3-D float tensor is one token source",
+        "3-D float tensor is one token source (or use --encoder with --images)",
     )
     spatial.add_argument(
         "--masks",
         type=Path,
         metavar="FILE",
         help="foreground masks for SRSS: bool/0-1 patch masks (B, T) or (B, h, w) on the token grid, or pixel "
-        "masks (B, H, W) that are max-pooled to the grid (a patch is foreground if any pixel is)",
+        "masks (B, H, W) that are max-pooled to the grid (a patch is foreground if any pixel is); with --encoder, "
+        "a folder of mask images with the same keys as --images (DIR/<class>/<name>.png, > 0 = foreground)",
     )
     spatial.add_argument(
         "--grid", metavar="HxW", help="token grid, e.g. 16x16 or 12x20 (default: square, inferred from T)"
@@ -113,7 +120,30 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help=f"write {REPORT_JSON} (settings, means, per-image values) and {REPORT_CSV} (per-image rows) here",
     )
+    _add_encoder_mode_arguments(spatial)
     spatial.set_defaults(handler=_run_spatial)
+
+
+def _add_encoder_mode_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of the ``--encoder NAME --images DIR`` mode (tokens computed on the fly)."""
+    from irepa.cli.encoders import add_encoder_arguments
+
+    add_encoder_arguments(parser, required=False, multiple=True, device=False)
+    group = parser.add_argument_group("images (with --encoder)")
+    group.add_argument("--images", type=Path, metavar="DIR", help="image folder to encode (recursively)")
+    group.add_argument("--batch-size", type=int, default=32, help="images per encoder forward pass")
+    group.add_argument(
+        "--crop",
+        choices=("adm", "resize", "none"),
+        default="adm",
+        help="how images (and their masks) of another size reach --resolution: ADM centre crop, resize, or refuse",
+    )
+    group.add_argument(
+        "--on-error",
+        choices=("skip", "fail"),
+        default="skip",
+        help="unreadable images: skip and count them, or stop",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -396,6 +426,99 @@ def load_masks(path: Path) -> torch.Tensor:
     )
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# Encoder mode
+
+
+def encoder_token_sources(
+    args: argparse.Namespace,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, dict[str, Any], list[str]]:
+    """Encode ``args.images`` with every ``--encoder`` and read the matching masks.
+
+    Returns:
+        ``(sources, pixel masks (B, R, R) bool or None, inputs (provenance for the JSON), notes)``; the sources
+        are named by encoder id and hold float32 tokens ``(B, T, D)`` in image-key order.
+
+    Raises:
+        IrepaError: Unknown encoders, missing weights, unreadable images (with ``--on-error fail``), no usable
+            image, a missing or unreadable mask, ``--weights`` with several encoders.
+    """
+    from irepa.cli.encoders import load_encoder_from_args
+    from irepa.data.images import ReadStats, iter_image_batches, list_images
+
+    names = list(dict.fromkeys(args.encoder))
+    if args.weights is not None and len(names) > 1:
+        raise IrepaError("--weights applies to one encoder; give a single --encoder with it")
+    if args.batch_size < 1:
+        raise IrepaError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.masks is not None and not args.masks.is_dir():
+        raise IrepaError(f"--masks {str(args.masks)!r} must be a folder of mask images when --encoder is used")
+    files = list_images(args.images)
+    encoders = {name: load_encoder_from_args(args, name) for name in names}
+    chunks: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+    stats = ReadStats()
+    keys: list[str] = []
+    resolution = args.resolution
+    for images, batch_keys in iter_image_batches(
+        files, args.batch_size, root=args.images, size=resolution, crop=args.crop, on_error=args.on_error, stats=stats
+    ):
+        for name, encoder in encoders.items():
+            chunks[name].append(encoder.encode(images).patch_tokens.cpu())
+        keys.extend(batch_keys)
+    if not keys:
+        raise IrepaError(f"no usable images in {str(args.images)!r} ({stats.skipped} of {len(files)} unreadable)")
+    sources = {name: torch.cat(parts) for name, parts in chunks.items()}
+    masks = None
+    if args.masks is not None:
+        masks = torch.stack([_mask_for(args.masks, key, resolution, args.crop) for key in keys])
+    notes = [f"images: {stats.summary()}"]
+    notes += [
+        f"{name} has random weights (--random-init): its metrics are meaningless"
+        for name, encoder in encoders.items()
+        if encoder.spec.weights is not None and not encoder.weights_info.get("pretrained", False)
+    ]
+    inputs: dict[str, Any] = {
+        "images": str(args.images),
+        "masks": str(args.masks) if args.masks is not None else None,
+        "resolution": resolution,
+        "crop": args.crop,
+        "num_images": len(keys),
+        "skipped": stats.skipped_files,
+        "encoders": {name: encoder.describe() for name, encoder in encoders.items()},
+    }
+    return sources, masks, inputs, notes
+
+
+def _mask_for(root: Path, key: str, size: int, crop: str) -> torch.Tensor:
+    """The mask of image ``key`` as (size, size) bool, cropped or resized exactly like its image.
+
+    Masks are binarized at > 0 first (0/1 and 0/255 masks both work). When the mask must be resized, the binary
+    mask goes through the image's own crop/resize (bicubic) and is thresholded at one half.
+    """
+    import numpy as np
+    from PIL import Image
+
+    from irepa.data.images import IMAGE_EXTENSIONS, center_crop_adm
+
+    candidates = [root / f"{key}{ext}" for ext in IMAGE_EXTENSIONS]
+    path = next((p for p in candidates if p.is_file()), None)
+    if path is None:
+        raise IrepaError(f"no mask for image {key!r} in {str(root)!r} (expected {key}.png or another image type)")
+    try:
+        with Image.open(path) as im:
+            array = np.asarray(im.convert("L") if im.mode not in ("L", "1", "I", "I;16", "F") else im)
+    except Exception as exc:
+        raise IrepaError(f"cannot read mask {str(path)!r}: {exc}") from exc
+    binary = array > 0
+    if binary.shape == (size, size):
+        return torch.from_numpy(binary.copy())
+    if crop == "none":
+        raise IrepaError(f"mask {str(path)!r} is {binary.shape[1]}x{binary.shape[0]}, expected {size}x{size}")
+    image = Image.fromarray(binary.astype(np.uint8) * 255)
+    image = center_crop_adm(image, size) if crop == "adm" else image.resize((size, size), resample=Image.BICUBIC)
+    return torch.from_numpy(np.asarray(image) > 127)
+
+
 def _run_spatial(args: argparse.Namespace) -> int:
     from irepa.align.tokens import parse_grid
 
@@ -405,9 +528,25 @@ def _run_spatial(args: argparse.Namespace) -> int:
         raise IrepaError("--metrics is empty; list metrics such as lds,cds,srss,rmsc")
     if args.prefix_tokens < 0:
         raise IrepaError(f"--prefix-tokens must be >= 0, got {args.prefix_tokens}")
-    sources, notes = load_token_sources(args.files)
-    masks = load_masks(args.masks) if args.masks else None
-    inputs = {"files": [str(p) for p in args.files], "masks": str(args.masks) if args.masks else None}
+    if args.encoder:
+        if args.files:
+            raise IrepaError("give either token FILEs or --encoder with --images, not both")
+        if args.images is None:
+            raise IrepaError("--encoder needs --images DIR (the images to encode)")
+        if args.prefix_tokens:
+            raise IrepaError("--prefix-tokens applies to token files; encoders already drop their prefix tokens")
+        sources, masks, inputs, notes = encoder_token_sources(args)
+        grid = grid or next(iter(inputs["encoders"].values()))["grid"]
+    else:
+        if args.images is not None:
+            raise IrepaError("--images needs --encoder NAME (the encoder that computes the tokens)")
+        if not args.files:
+            raise IrepaError("give token FILEs, or --encoder NAME --images DIR to compute tokens")
+        if args.masks is not None and args.masks.is_dir():
+            raise IrepaError(f"--masks {str(args.masks)!r} is a folder; mask folders need --encoder and --images")
+        sources, notes = load_token_sources(args.files)
+        masks = load_masks(args.masks) if args.masks else None
+        inputs = {"files": [str(p) for p in args.files], "masks": str(args.masks) if args.masks else None}
     report = spatial_report(
         sources,
         masks,

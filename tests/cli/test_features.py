@@ -1,0 +1,72 @@
+import numpy as np
+from PIL import Image
+
+from irepa.encoders.features import read_features
+
+
+def image_folder(root, classes=2, per_class=4, size=48, seed=0):
+    """Class-labelled random images (ROOT/CLASS/IMAGE.png), a few of them not RGB."""
+    rng = np.random.default_rng(seed)
+    for c in range(classes):
+        (root / f"class{c}").mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+            image = Image.fromarray(pixels).convert("L") if i == 0 else Image.fromarray(pixels)
+            image.save(root / f"class{c}" / f"{i}.png")
+    return root
+
+
+def test_extract_with_a_small_random_encoder(run_cli, tmp_path):
+    images = image_folder(tmp_path / "images")
+    (images / "class0" / "corrupt.png").write_bytes(b"not a png")
+    out = tmp_path / "feats.safetensors"
+    res = run_cli(
+        "features", "extract", "--encoder", "mocov3-vit-s", "--random-init", "--resolution", "32",
+        "--images", images, "--out", out, "--batch-size", "3", "--no-progress", "--device", "cpu",
+    )  # fmt: skip
+    assert res.code == 0, res
+    assert "random weights" in res.out and "8 images, 1 unreadable skipped, 2 converted to RGB" in res.out
+    features = read_features(out)
+    assert features.tensor("patch_tokens").shape == (8, 4, 384)
+    assert features.tensor("cls_token").shape == (8, 384)
+    assert features.classes == ["class0", "class1"] and features.tensor("labels").tolist() == [0] * 4 + [1] * 4
+    info = features.metadata["encoder_info"]
+    assert info["encoder"] == "mocov3-vit-s" and info["weights"]["origin"] == "random-init"
+    assert info["preprocessing"]["variant"] == "official" and features.metadata["grid"] == [2, 2]
+    # Refuses to overwrite without --force.
+    res = run_cli("features", "extract", "--encoder", "hog", "--images", images, "--out", out, "--resolution", "32")
+    assert res.code == 2 and "--force" in res.err
+
+
+def test_extract_bad_input_exits_2_and_writes_nothing(run_cli, tmp_path):
+    images = image_folder(tmp_path / "images", classes=1, per_class=2)
+    out = tmp_path / "f.safetensors"
+    common = ["features", "extract", "--images", images, "--out", out, "--no-progress"]
+    cases = [
+        (["--encoder", "dinov2-vit-bb"], "did you mean 'dinov2-vit-b'"),
+        (["--encoder", "hog", "--resolution", "250"], "multiples of 16"),
+        (["--encoder", "hog", "--crop", "none", "--resolution", "32"], "expected 32x32"),
+        (["--encoder", "hog", "--on-error", "fail", "--strict-rgb", "--resolution", "48"], "not RGB"),
+        (["--encoder", "dino-vit-b", "--offline", "--cache-dir", tmp_path / "c"], "irepa encoders download dino-vit-b"),
+        (["--encoder", "hog", "--batch-size", "0"], "--batch-size"),
+    ]
+    for extra, message in cases:
+        res = run_cli(*common, *extra)
+        assert res.code == 2, (extra, res)
+        assert message in res.err, (extra, res.err)
+        assert len(res.err.strip().splitlines()) == 1
+        assert not out.exists()
+    res = run_cli("features", "extract", "--encoder", "hog", "--images", tmp_path / "nowhere", "--out", out)
+    assert res.code == 2 and "does not exist" in res.err
+
+
+def test_extract_subprocess_end_to_end(run_cli_subprocess, tmp_path):
+    images = image_folder(tmp_path / "images", classes=1, per_class=2)
+    out = tmp_path / "pixels.safetensors"
+    res = run_cli_subprocess(
+        "features", "extract", "--encoder", "pixels", "--images", images, "--out", out, "--resolution", "32"
+    )
+    assert res.code == 0, res
+    assert read_features(out).tensor("patch_tokens").shape == (2, 4, 768)
+    res = run_cli_subprocess("features", "extract", "--encoder", "pixel", "--images", images, "--out", out, "--force")
+    assert res.code == 2 and "did you mean 'pixels'" in res.err and "Traceback" not in res.err

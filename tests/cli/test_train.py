@@ -56,9 +56,8 @@ def test_missing_data_store_is_a_clear_error(run_cli, tmp_path):
 @pytest.fixture(scope="module")
 def ci_stores(tmp_path_factory):
     """A 32-image synthetic store at 64 px and its latents from a tiny random VAE, made with the real CLI."""
-    from irepa.data.vae import save_random_vae
-
     from irepa.cli.main import main
+    from irepa.data.vae import save_random_vae
 
     root = tmp_path_factory.mktemp("ci")
     vae = save_random_vae(root / "vae")
@@ -101,7 +100,15 @@ def ci_stores(tmp_path_factory):
     return [f"data.images={root / 'images'}", f"data.latents={root / 'latents'}"]
 
 
-def test_ci_preset_end_to_end_then_resume(run_cli, tmp_path, ci_stores):
+@pytest.fixture(scope="module")
+def ci_vae(ci_stores):
+    """The tiny random VAE folder the CI latents were encoded with (written by ``ci_stores``)."""
+    from pathlib import Path
+
+    return Path(ci_stores[0].split("=", 1)[1]).parent / "vae"
+
+
+def test_ci_preset_end_to_end_then_resume_then_sample(run_cli, tmp_path, ci_stores, ci_vae):
     run_dir = tmp_path / "run"
     res = run_cli("train", "--preset", "ci", *ci_stores, "--run-dir", run_dir)
     assert res.code == 0, res
@@ -129,9 +136,35 @@ def test_ci_preset_end_to_end_then_resume(run_cli, tmp_path, ci_stores):
     # The snapshot is all `irepa sample` needs.
     from irepa.models.io import load_inference
 
-    model, meta = load_inference(run_dir / "snapshots" / "ema-0000006.safetensors")
+    snapshot = run_dir / "snapshots" / "ema-0000006.safetensors"
+    model, meta = load_inference(snapshot)
     assert meta["space"]["kind"] == "latent" and meta["space"]["vae"] and meta["step"] == 6
     assert model.grid == (4, 4)
+    res = run_cli(
+        "sample",
+        "--snapshot",
+        snapshot,
+        "--num-samples",
+        "4",
+        "--out",
+        tmp_path / "samples.npz",
+        "--sampler",
+        "euler",
+        "--steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--vae-weights",
+        ci_vae,
+        "--device",
+        "cpu",
+        "--no-progress",
+    )
+    assert res.code == 0, res
+    import numpy as np
+
+    with np.load(tmp_path / "samples.npz") as samples:
+        assert samples["arr_0"].shape == (4, 64, 64, 3) and samples["arr_0"].dtype == np.uint8
 
 
 def test_changed_config_on_resume_is_refused(run_cli, tmp_path, ci_stores):

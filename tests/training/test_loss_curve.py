@@ -28,7 +28,6 @@ KEYS = ("loss", "denoise", "align_loss", "align_cos", "grad_norm")
 
 def debug_curve(workdir: Path) -> list[dict[str, float]]:
     from irepa.data.prepare import prepare_synthetic_store
-
     from irepa.training.config import resolve_config
     from irepa.training.trainer import Trainer
 

@@ -143,5 +143,5 @@ def test_check_state_dict_names_mismatches():
     with pytest.raises(CheckpointError) as info:
         check_state_dict(module, bad, "model from step-0000001")
     msg = str(info.value)
-    assert "missing keys: 1.bias" in msg and "unexpected keys: extra.weight" in msg
+    assert "missing keys 1.bias" in msg and "unexpected keys extra.weight" in msg
     assert "0.weight (5, 3) vs (4, 3)" in msg and "\n" not in msg

@@ -41,6 +41,7 @@ import torch
 
 from irepa.errors import IrepaError
 from irepa.utils.io import sha256_file
+from irepa.utils.state_dict import state_dict_mismatch
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -352,29 +353,9 @@ def check_state_dict(
         what: What is being loaded, for the message (e.g. ``"model from checkpoints/step-0000100"``).
         max_names: How many offending keys to name per category.
     """
-    expected = module.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    shapes = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and tuple(state[k].shape) != tuple(v.shape)
-    ]
-    if not (missing or unexpected or shapes):
-        return
-
-    def names(items: list[str]) -> str:
-        more = f", … ({len(items) - max_names} more)" if len(items) > max_names else ""
-        return ", ".join(items[:max_names]) + more
-
-    parts = []
-    if missing:
-        parts.append(f"missing keys: {names(missing)}")
-    if unexpected:
-        parts.append(f"unexpected keys: {names(unexpected)}")
-    if shapes:
-        parts.append(f"shape mismatches (checkpoint vs model): {names(shapes)}")
-    raise CheckpointError(
-        f"{what} does not match the configured architecture ({'; '.join(parts)}); "
-        "use the config the checkpoint was trained with, or a new run directory"
-    )
+    problem = state_dict_mismatch(module.state_dict(), state, limit=max_names)
+    if problem:
+        raise CheckpointError(
+            f"{what} does not match the configured architecture ({problem}); "
+            "use the config the checkpoint was trained with, or a new run directory"
+        )

@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.irepa-installed
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= -n auto
 
 .PHONY: help install demo test lint pytest bench clean
 
@@ -27,7 +27,7 @@ lint: $(STAMP)  ## ruff lint + format check
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 
-pytest: $(STAMP)  ## run the test suite
+pytest: $(STAMP)  ## run the test suite (parallel over the CPU cores; PYTEST_ARGS= for serial)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test: lint pytest  ## lint + tests (what CI runs)

@@ -28,3 +28,11 @@ def test_quick_start_snippet_runs():
     # The optimizer step moved the projector and the first four blocks.
     assert namespace["aligner"].projectors[0].net.weight.grad is not None
     assert namespace["model"].layers[3].linear1.weight.grad is not None
+
+
+def test_readme_quick_start_is_the_tested_snippet():
+    readme = (DOC.parents[1] / "README.md").read_text()
+    section = readme.split("## Use iREPA in your own model", 1)[1]
+    match = re.search(r"```python\n(.*?)```", section, re.DOTALL)
+    assert match, "README.md lost its quick-start code block"
+    assert match.group(1) == _quick_start()

@@ -117,6 +117,32 @@ def _hash_lines(lines: Iterable[str]) -> str:
     return digest.hexdigest()
 
 
+def _plan_shards(
+    out: str | Path, settings: dict[str, Any], total: int, shard_size: int, verify: str
+) -> tuple[StoreBuild, BuildReport, list[str], list[tuple[int, str, int, int]]]:
+    """Open (or resume) a store build of ``total`` records.
+
+    Returns:
+        The build, its report (``already_complete`` set when nothing is left to do), all shard names, and the shards
+        still to write as ``(index, name, first record, end record)``.
+    """
+    build = StoreBuild(out, settings, command=COMMAND)
+    names = [shard_name(i) for i in range(-(-total // shard_size))]
+    report = BuildReport(store=Path(out), shards_total=len(names))
+    if build.complete:
+        from irepa.data.store import load_manifest
+
+        report.already_complete, report.count = True, int(load_manifest(out)["count"])
+        return build, report, names, []
+    pending = []
+    for i, name in enumerate(names):
+        if build.completed(name, verify=verify) is not None:
+            report.shards_reused += 1
+        else:
+            pending.append((i, name, i * shard_size, min((i + 1) * shard_size, total)))
+    return build, report, names, pending
+
+
 def prepare_folder_store(
     images_dir: str | Path,
     out: str | Path,
@@ -172,22 +198,11 @@ def prepare_folder_store(
 
     source = {"type": "folder", "num_files": len(keys), "keys_sha256": _hash_lines(keys)}
     settings = {"kind": "images", "source": source, "resolution": resolution, "crop": crop, "shard_size": shard_size}
-    build = StoreBuild(out, settings, command=COMMAND)
-    num_shards = -(-len(keys) // shard_size)
-    names = [shard_name(i) for i in range(num_shards)]
-    report = BuildReport(store=Path(out), shards_total=num_shards)
-    if build.complete:
-        from irepa.data.store import load_manifest
-
-        report.already_complete, report.count = True, int(load_manifest(out)["count"])
+    build, report, names, pending = _plan_shards(out, settings, len(keys), shard_size, verify)
+    if report.already_complete:
         return report
-
     tasks = []
-    for i, name in enumerate(names):
-        if build.completed(name, verify=verify) is not None:
-            report.shards_reused += 1
-            continue
-        lo, hi = i * shard_size, min((i + 1) * shard_size, len(keys))
+    for _, name, lo, hi in pending:
         tasks.append(
             {
                 "store": str(build.dir),
@@ -311,22 +326,12 @@ def prepare_synthetic_store(
     names_of_classes = synthetic.class_names(num_classes)
     source = {"type": "synthetic", "num_images": num_images, "num_classes": num_classes, "seed": seed}
     settings = {"kind": "images", "source": source, "resolution": resolution, "crop": "none", "shard_size": shard_size}
-    build = StoreBuild(out, settings, command=COMMAND)
-    num_shards = -(-num_images // shard_size)
-    names = [shard_name(i) for i in range(num_shards)]
-    report = BuildReport(store=Path(out), shards_total=num_shards)
-    if build.complete:
-        from irepa.data.store import load_manifest
-
-        report.already_complete, report.count = True, int(load_manifest(out)["count"])
+    build, report, names, pending = _plan_shards(out, settings, num_images, shard_size, verify)
+    if report.already_complete:
         return report
     tasks = []
-    for i, name in enumerate(names):
-        if build.completed(name, verify=verify) is not None:
-            report.shards_reused += 1
-            continue
-        start = i * shard_size
-        count = min(shard_size, num_images - start)
+    for _, name, start, end in pending:
+        count = end - start
         tasks.append(
             {
                 "store": str(build.dir),

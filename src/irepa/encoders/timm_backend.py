@@ -25,6 +25,7 @@ from irepa.encoders.remap import REMAPS
 from irepa.encoders.spec import EncoderSpec
 from irepa.encoders.weights import ResolvedWeights, read_state_dict, temporary_safetensors
 from irepa.errors import IrepaError
+from irepa.utils.state_dict import state_dict_mismatch
 
 __all__ = ["TimmEncoder", "build_packaged_vit", "build_timm_model", "check_state_dict", "summarize_load_error"]
 
@@ -140,23 +141,9 @@ def _preview(keys: list[str], limit: int = 3) -> str:
 
 def check_state_dict(model: nn.Module, state_dict: Mapping[str, Any], *, what: str) -> None:
     """Compare a state dict with ``model`` before loading; one-line :class:`IrepaError` on any mismatch."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    mismatched = [
-        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in own
-        if k in state_dict and hasattr(state_dict[k], "shape") and tuple(state_dict[k].shape) != tuple(own[k].shape)
-    ]
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing keys ({_preview(missing)})")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected keys ({_preview(unexpected)})")
-    if mismatched:
-        parts.append(f"{len(mismatched)} shape mismatches ({_preview(mismatched, 2)})")
-    if parts:
-        raise IrepaError(f"{what} do not fit the architecture: {'; '.join(parts)}")
+    problem = state_dict_mismatch(model.state_dict(), state_dict, limit=3)
+    if problem:
+        raise IrepaError(f"{what} do not fit the architecture: {problem}")
 
 
 _KEYS = re.compile(r'"([^"]+)"')

@@ -28,7 +28,6 @@ with a strict key and shape check whose error names the mismatched keys.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ import yaml
 from torch import nn
 
 from irepa.errors import IrepaError
+from irepa.utils.state_dict import state_dict_mismatch
 
 __all__ = [
     "SNAPSHOT_FORMAT",
@@ -55,42 +55,6 @@ _METADATA_KEYS = ("diffusion", "space", "step", "ema", "config", "source", "extr
 
 # ----------------------------------------------------------------------------------------------------------------------
 # State-dict matching
-
-
-def _natural(key: str) -> list[Any]:
-    """Sort key that orders ``blocks.2`` before ``blocks.10``."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", key)]
-
-
-def _shorten(names: list[str], limit: int = 6) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
-
-
-def state_dict_mismatch(expected: Mapping[str, Any], found: Mapping[str, torch.Tensor]) -> str | None:
-    """Describe how ``found`` differs from ``expected`` (both name → tensor/shape) in one line, or None if they match.
-
-    ``expected`` values may be tensors (including ``meta`` tensors) or shapes.
-    """
-
-    def shape(value: Any) -> tuple[int, ...]:
-        return tuple(value.shape) if hasattr(value, "shape") else tuple(value)
-
-    missing = sorted((k for k in expected if k not in found), key=_natural)
-    unexpected = sorted((k for k in found if k not in expected), key=_natural)
-    wrong = [
-        f"{k} {shape(found[k])} vs {shape(v)}"
-        for k, v in expected.items()
-        if k in found and shape(found[k]) != shape(v)
-    ]
-    parts = []
-    if missing:
-        parts.append(f"missing keys {_shorten(missing)}")
-    if unexpected:
-        parts.append(f"unexpected keys {_shorten(unexpected)}")
-    if wrong:
-        parts.append(f"shape mismatches (found vs expected) {_shorten(wrong)}")
-    return "; ".join(parts) or None
 
 
 def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, what: str) -> None:

@@ -1,0 +1,191 @@
+"""Training-step throughput of SiT-B/2- and XL/2-shaped models, and the overhead of REPA and iREPA.
+
+One timed step is what :class:`irepa.training.trainer.Trainer` does per batch minus data loading and the teacher:
+times/noise drawing, the denoising forward (with the hidden tokens of block ``align.depth``), the alignment term
+(projector, target normalization, 1 − cos) in float32, backward, gradient clipping, AdamW and the EMA update.
+
+The alignment targets are **precomputed** fixed random tokens shaped like DINOv2-B's at 256 px (B, 256, 768), so
+the "overhead" is the aligner's own cost (projector + normalization + loss and their backward), independent of the
+encoder. The teacher forward is reported separately (a randomly initialised DINOv2-B at 256 px, no grad) so its
+share of a step can be estimated.
+
+Methods: ``none`` (no alignment), ``repa`` (MLP projector, raw targets, λ 0.5), ``irepa`` (3×3 conv projector,
+spatial normalization γ 0.6, λ 1.0) — the shipped presets' settings.
+
+CPU (this machine): small batches, and the XL/2 *shape* at reduced depth (full width 1152 / 16 heads / 256
+tokens; the memory of a full-depth XL training state does not fit next to other jobs), fp32. GPU (when one is
+present): the full models at batch 256 in bf16.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+METHODS = {
+    "none": None,
+    "repa": {"projector": "mlp", "target_norm": "none", "weight": 0.5},
+    "irepa": {"projector": "conv", "kernel_size": 3, "target_norm": "spatial", "gamma": 0.6, "weight": 1.0},
+}
+
+
+def _step_fn(model_name: str, overrides: dict, method: str, align_depth: int, batch: int, device, precision):
+    from irepa.align import AlignConfig, RepresentationAligner
+    from irepa.diffusion.paths import get_path
+    from irepa.diffusion.time_sampling import get_time_sampler
+    from irepa.models import build_model
+    from irepa.training.ema import EMA
+    from irepa.training.objective import DenoisingObjective
+
+    torch.manual_seed(0)
+    model = build_model(model_name, **overrides)
+    aligner = None
+    if METHODS[method] is not None:
+        cfg = AlignConfig(encoders=["dinov2-vit-b"], depth=align_depth, **METHODS[method])
+        aligner = RepresentationAligner.from_config(cfg, model.hidden_size, {"dinov2-vit-b": 768})
+    objective = DenoisingObjective(
+        model, get_path("linear"), get_time_sampler("uniform"), aligner=aligner, align_depth=align_depth
+    ).to(device)
+    ema = EMA(model, 0.9999).to(device)
+    params = [p for p in objective.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    c, h, w = model.in_channels, *model.input_size
+    x0 = torch.randn(batch, c, h, w, device=device)
+    y = torch.randint(0, 1000, (batch,), device=device)
+    targets = {"dinov2-vit-b": torch.randn(batch, model.grid[0] * model.grid[1], 768, device=device)}
+    generator = torch.Generator(device=device).manual_seed(0)
+    dtype = {"bf16": torch.bfloat16, "fp32": None}[precision]
+
+    def step():
+        t = torch.rand(batch, generator=generator, device=device)
+        noise = torch.randn(x0.shape, generator=generator, device=device)
+        with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
+            terms = objective(x0, y, t, noise, targets if aligner is not None else None, 0)
+        terms["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        ema.update(model)
+
+    return step
+
+
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _time(step, device, steps: int, warmup: int) -> float:
+    """Median seconds per call of ``step`` over ``steps`` timed calls."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        _sync(device)
+        start = time.perf_counter()
+        step()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _time_interleaved(steps_by_method: dict, device, rounds: int, warmup: int) -> dict[str, float]:
+    """Median seconds per step of each method, timing the methods round-robin (robust to load drifting over time)."""
+    for step in steps_by_method.values():
+        for _ in range(warmup):
+            step()
+    times: dict[str, list[float]] = {m: [] for m in steps_by_method}
+    for _ in range(rounds):
+        for method, step in steps_by_method.items():
+            _sync(device)
+            start = time.perf_counter()
+            step()
+            _sync(device)
+            times[method].append(time.perf_counter() - start)
+    return {m: statistics.median(t) for m, t in times.items()}
+
+
+def _teacher_ms(batch: int, device, precision: str, steps: int) -> float:
+    from irepa.encoders import load_encoder
+
+    encoder = load_encoder("dinov2-vit-b", resolution=256, pretrained=False, device=device)
+    images = torch.randint(0, 256, (batch, 3, 256, 256), dtype=torch.uint8, device=device)
+    dtype = {"bf16": torch.bfloat16, "fp32": None}[precision]
+
+    def forward():
+        with torch.no_grad(), torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
+            encoder.encode(images)
+
+    return 1000 * _time(forward, device, steps, warmup=1)
+
+
+def main(quick: bool = False) -> dict:
+    """Run the benchmark; ``quick`` uses tiny depths and one timed step (keeps the script working in tests)."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    gpu = device.type == "cuda"
+    precision = "bf16" if gpu else "fp32"
+    if gpu:
+        cases = [("SiT-B/2", {}, 4, 256), ("SiT-XL/2", {}, 8, 256)]
+        steps, warmup = (3, 1) if quick else (20, 5)
+    elif quick:
+        cases = [("SiT-B/2", {"depth": 2}, 1, 1), ("SiT-XL/2", {"depth": 1}, 1, 1)]
+        steps, warmup = 1, 1
+    else:
+        cases = [("SiT-B/2", {}, 4, 4), ("SiT-XL/2", {"depth": 4}, 4, 2)]
+        steps, warmup = 5, 1
+    rows = []
+    for model_name, overrides, depth, batch in cases:
+        steps_by_method = {m: _step_fn(model_name, overrides, m, depth, batch, device, precision) for m in METHODS}
+        seconds = _time_interleaved(steps_by_method, device, steps, warmup)
+        del steps_by_method
+        for method in METHODS:
+            rows.append(
+                {
+                    "model": model_name,
+                    "depth": overrides.get("depth", {"SiT-B/2": 12, "SiT-XL/2": 28}[model_name]),
+                    "align_depth": depth,
+                    "batch": batch,
+                    "method": method,
+                    "step_ms": round(1000 * seconds[method], 1),
+                    "img_per_s": round(batch / seconds[method], 2),
+                }
+            )
+            r = rows[-1]
+            print(
+                f"{model_name} depth {r['depth']} batch {batch} {method:<6} {r['step_ms']:>9.1f} ms/step "
+                f"{r['img_per_s']:>8.2f} img/s",
+                flush=True,
+            )
+    overhead = {}
+    for model_name, *_ in cases:
+        base = next(r["step_ms"] for r in rows if r["model"] == model_name and r["method"] == "none")
+        overhead[model_name] = {
+            m: f"{100 * (r['step_ms'] / base - 1):+.1f}%"
+            for r in rows
+            if r["model"] == model_name and (m := r["method"]) != "none"
+        }
+    out = {
+        "device": torch.cuda.get_device_name(0) if gpu else f"cpu ({torch.get_num_threads()} threads)",
+        "precision": precision,
+        "targets": "precomputed fixed random DINOv2-B-shaped tokens (B, 256, 768); teacher forward not in the step",
+        "timing": f"median of {steps} steps per method, methods timed round-robin, after {warmup} warm-up step(s)",
+        "rows": rows,
+        "alignment_overhead_vs_none": overhead,
+    }
+    if not quick:
+        batch = cases[0][3]
+        out["teacher_forward_ms"] = {
+            "encoder": "dinov2-vit-b (random init), 256 px, no grad",
+            "batch": batch,
+            "ms": round(_teacher_ms(batch, device, precision, steps), 1),
+        }
+    return out
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    print(json.dumps(main(quick="--quick" in sys.argv), indent=2))

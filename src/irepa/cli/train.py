@@ -1,0 +1,113 @@
+"""``irepa train``: train a diffusion transformer with REPA / iREPA, from one process to many nodes.
+
+Examples::
+
+    irepa train --preset sit-b2-irepa                                   # 1 process (GPU if available)
+    irepa train --preset sit-xl2-irepa --dry-run --processes 8          # print the resolved config and batch split
+    torchrun --nproc_per_node 8 -m irepa train --preset sit-xl2-irepa   # 8 GPUs
+    irepa train --config my.yaml optim.lr=2e-4 train.max_steps=100000   # file + overrides
+
+Config precedence: defaults < preset (``--preset`` or ``preset:`` in the file) < ``--config`` file < ``key=value``.
+Re-running the same command resumes from the run directory's newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from irepa.errors import IrepaError
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the ``irepa train`` arguments."""
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = (
+        "config precedence: defaults < preset < --config file < key=value overrides\n"
+        "multi-GPU: torchrun --nproc_per_node N -m irepa train ...   (or: accelerate launch --multi_gpu -m irepa ...)\n"
+        "resume: rerun the same command (same --run-dir); see docs/training.md"
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="dotted config overrides, e.g. optim.lr=2e-4 align.encoders=[dinov2-vit-b] data.latents=PATH",
+    )
+    parser.add_argument("--preset", metavar="NAME", help="start from a shipped preset (see --list-presets)")
+    parser.add_argument("--config", type=Path, metavar="FILE", help="YAML config file (may name a 'preset:')")
+    parser.add_argument(
+        "--run-dir",
+        type=Path,
+        metavar="DIR",
+        help="run directory for checkpoints, snapshots and logs (default: runs/<run name>); reusing it resumes",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the resolved config, the per-device batch and what would happen (resume/fresh), then exit",
+    )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        metavar="N",
+        help="with --dry-run: number of processes to split the global batch over (default: $WORLD_SIZE or 1)",
+    )
+    parser.add_argument("--list-presets", action="store_true", help="list the shipped presets and exit")
+
+
+def _world_size_from_env() -> int | None:
+    value = os.environ.get("WORLD_SIZE")
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError as exc:
+        raise IrepaError(f"environment variable WORLD_SIZE={value!r} is not an integer") from exc
+
+
+def run(args: argparse.Namespace) -> int:
+    """Resolve the config, then dry-run or train; returns the exit status."""
+    from irepa.training.config import resolve_config
+    from irepa.training.presets import list_presets, load_preset
+
+    if args.list_presets:
+        for name in list_presets():
+            layer = load_preset(name)
+            model = layer.get("model", {}).get("name", "?")
+            align = layer.get("align", {})
+            method = (
+                "no alignment"
+                if not align.get("encoders")
+                else f"{align.get('projector', 'mlp')} projector, λ {align.get('weight', 0.5)}, "
+                f"target norm {align.get('target_norm', 'none')}, depth {align.get('depth', 8)}"
+            )
+            print(f"{name:<28} {model:<10} {method}")
+        return 0
+    config = resolve_config(preset=args.preset, config_file=args.config, overrides=args.overrides)
+    run_dir = args.run_dir or Path("runs") / (config.name or "default")
+    env_world = _world_size_from_env()
+    if args.dry_run:
+        from irepa.training.dryrun import dry_run_report
+
+        world = args.processes or env_world or 1
+        print(dry_run_report(config, run_dir, world_size=world))
+        return 0
+    if args.processes is not None:
+        raise IrepaError("--processes only applies to --dry-run; the launcher (torchrun) sets the process count")
+
+    from irepa.training.trainer import Trainer
+
+    trainer = Trainer(config, run_dir, expected_world_size=env_world)
+    result = trainer.fit()
+    if trainer.is_main:
+        if result.status == "interrupted":
+            print(
+                f"interrupted by {result.signal} at step {result.step}; checkpoint {result.checkpoint}. "
+                "Rerun the same command to resume.",
+                file=sys.stderr,
+            )
+        else:
+            print(f"finished {result.step} steps; EMA snapshot: {result.snapshot}")
+    return 0

@@ -1,0 +1,676 @@
+"""The trainer: ``Trainer(config, run_dir).fit()``.
+
+One optimizer step (:meth:`Trainer.train_step`):
+
+1. Draw the step's randomness for the whole global batch from one seeded generator (times, noise, label dropout,
+   latent sampling) and take this process's slice (so results do not depend on the number of processes).
+2. For each of ``optim.grad_accumulation`` micro-batches: the teacher encodes the images (no grad, autocast);
+   the objective computes ``loss = denoise + align`` under autocast (alignment maths in float32); backward
+   (gradients are all-reduced by DDP on the last micro-batch only).
+3. Gradient norm (clipped to ``optim.grad_clip``); one host sync decides whether the step is finite (the
+   non-finite guard) and whether a stop signal arrived on any process.
+4. AdamW step (through the loss scaler for fp16), EMA update.
+
+Interval hooks run after a step: logging (``train.log_every_steps``), checkpoint (``train.checkpoint_every_steps``),
+EMA snapshot (``train.snapshot_every_steps``), and any hook added with :meth:`Trainer.add_hook`. At the end, and on
+SIGTERM/SIGINT, a checkpoint and a snapshot are written.
+
+Run directory::
+
+    RUN_DIR/
+      config.yaml          resolved config (rewritten at each start; resuming refuses non-resumable changes)
+      checkpoints/         full training state, last train.keep_last kept (see irepa.training.checkpoint)
+      snapshots/           ema-<step>.safetensors: EMA inference snapshots for `irepa sample` (all kept)
+      metrics.jsonl, log.txt, tensorboard/      (see irepa.training.logging)
+
+Resuming is re-running the same command: the newest readable checkpoint is loaded (falling back past corrupt ones)
+and training continues bit-identically to an uninterrupted run on the same hardware and process count.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any, Literal
+
+import torch
+import yaml
+from torch import nn
+
+from irepa.config import dump_yaml, to_dict
+from irepa.errors import ConfigError, IrepaError
+from irepa.training.checkpoint import CheckpointError, CheckpointManager, LoadedCheckpoint, check_state_dict
+from irepa.training.config import TrainConfig, check_resume_compatible
+from irepa.training.distributed import (
+    capture_rng_state,
+    make_accelerator,
+    per_device_batch_size,
+    restore_rng_state,
+    seed_everything,
+)
+from irepa.training.ema import EMA
+from irepa.training.guard import NonFiniteGuard
+from irepa.training.logging import MetricAccumulator, TrainLogger
+from irepa.training.signals import StopSignal
+from irepa.training.timing import StepTimer
+from irepa.utils.io import write_text
+
+__all__ = ["FitResult", "Hook", "Trainer"]
+
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+
+
+@dataclasses.dataclass
+class FitResult:
+    """How :meth:`Trainer.fit` ended.
+
+    Attributes:
+        status: ``"completed"`` (reached ``train.max_steps``) or ``"interrupted"`` (SIGTERM/SIGINT; checkpoint
+            written, rerun the same command to resume).
+        step: Optimizer steps completed.
+        nimg: Images seen (``step × global_batch_size``).
+        checkpoint: The last checkpoint written (or ``None``).
+        snapshot: The last EMA snapshot written (or ``None``).
+        signal: The signal that stopped training, if any.
+    """
+
+    status: Literal["completed", "interrupted"]
+    step: int
+    nimg: int
+    checkpoint: Path | None = None
+    snapshot: Path | None = None
+    signal: str | None = None
+
+
+@dataclasses.dataclass
+class Hook:
+    """An interval hook: ``fn(trainer)`` after every ``every_steps`` optimizer steps (and at the end if ``at_end``).
+
+    Hooks run on every process; gate file writes with ``trainer.is_main``.
+    """
+
+    name: str
+    every_steps: int
+    fn: Callable[[Trainer], None]
+    at_end: bool = True
+
+    def due(self, step: int, final: bool) -> bool:
+        """Whether the hook runs after ``step``."""
+        return (self.every_steps > 0 and step % self.every_steps == 0) or (final and self.at_end)
+
+
+class Trainer:
+    """Trains the model of ``config`` in ``run_dir`` (resuming from its newest checkpoint if there is one).
+
+    Args:
+        config: The resolved training config.
+        run_dir: Run directory (created; see the module docstring for its layout).
+        expected_world_size: Process count announced by the launcher (``WORLD_SIZE``), checked against what
+            accelerate set up (guards against silently unsynchronized processes on CPU machines).
+        stream: Console stream for the main process (default stderr).
+
+    Raises:
+        IrepaError: Bad input: missing or mismatched data stores, a batch size that does not divide across
+            processes, an incompatible run directory, missing encoder weights, ...
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        run_dir: str | Path,
+        *,
+        expected_world_size: int | None = None,
+        stream: IO[str] | None = None,
+    ) -> None:
+        from irepa.training.data import TrainData
+
+        self.config = cfg = config
+        self.run_dir = Path(run_dir)
+        self.stream = stream
+        self.accelerator = make_accelerator(cfg.train.device, expected_world_size=expected_world_size)
+        self.device = self.accelerator.device
+        self.world_size = self.accelerator.num_processes
+        self.rank = self.accelerator.process_index
+        self.is_main = self.accelerator.is_main_process
+        self.batch_size = per_device_batch_size(
+            cfg.optim.global_batch_size, self.world_size, cfg.optim.grad_accumulation
+        )
+        if cfg.train.precision == "fp16" and self.device.type != "cuda":
+            raise ConfigError("train.precision=fp16 needs a CUDA device (dynamic loss scaling); use bf16 or fp32")
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = cfg.train.tf32
+            torch.backends.cudnn.allow_tf32 = cfg.train.tf32
+        self._autocast_dtype = _AUTOCAST_DTYPES[cfg.train.precision]
+        self._warnings: list[str] = []
+        self._check_run_dir()
+
+        # Data first: it fixes the model's input shape and class count. Then build everything from one seed on
+        # every process (DDP also broadcasts rank 0's weights; identical init keeps the EMA copies identical).
+        seed_everything(cfg.train.seed)
+        self.data = TrainData(
+            cfg.data,
+            global_batch_size=cfg.optim.global_batch_size,
+            micro_batch_size=self.batch_size,
+            world_size=self.world_size,
+            rank=self.rank,
+            seed=cfg.train.seed,
+            device=self.device,
+            need_images=bool(cfg.align.encoders),
+        )
+        self.model, self.model_kwargs = self._build_model()
+        self.teacher = self._build_teacher()
+        self.aligner = self._build_aligner()
+        self.ema = EMA(self.model, cfg.train.ema_decay)
+
+        from irepa.diffusion.paths import get_path
+        from irepa.diffusion.time_sampling import get_time_sampler
+        from irepa.training.objective import DenoisingObjective
+
+        self.path = get_path(cfg.diffusion.path)
+        sampler_kwargs = dict(cfg.diffusion.time_sampler_kwargs)
+        if cfg.diffusion.time_sampler == "lognormal":
+            sampler_kwargs.setdefault("path", cfg.diffusion.path)
+        self.time_sampler = get_time_sampler(cfg.diffusion.time_sampler, **sampler_kwargs)
+        self.objective = DenoisingObjective(
+            self.model,
+            self.path,
+            self.time_sampler,
+            aligner=self.aligner,
+            align_depth=cfg.align.depth if self.aligner is not None else None,
+        ).to(self.device)
+        self.ema.to(self.device)
+        if cfg.train.compile:
+            self.model.compile()  # in place: state-dict keys stay unprefixed
+        self.wrapped = self.accelerator.prepare_model(self.objective)  # DDP when world_size > 1
+        self.params = [p for p in self.objective.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            self.params,
+            lr=cfg.optim.lr,
+            betas=cfg.optim.betas,
+            weight_decay=cfg.optim.weight_decay,
+            eps=cfg.optim.eps,
+        )
+        self.scaler = torch.amp.GradScaler("cuda") if cfg.train.precision == "fp16" else None
+        # Named collections, so recipes with several trained parts (REPA-E: SiT, VAE, discriminator) extend them:
+        # every entry is checkpointed as "<name>.safetensors", "optimizer.<name>.pt" and "ema.<name>.safetensors".
+        self.modules: dict[str, nn.Module] = {"model": self.model}
+        if self.aligner is not None:
+            self.modules["aligner"] = self.aligner  # trained, checkpointed, not EMA'd
+        self.optimizers: dict[str, torch.optim.Optimizer] = {"main": self.optimizer}
+        self.emas: dict[str, EMA] = {"model": self.ema}
+
+        # Per-step randomness: one generator, same seed and state on every process (see train_step).
+        self.generator = torch.Generator(device=self.device).manual_seed(cfg.train.seed)
+        seed_everything(cfg.train.seed + self.rank)  # anything else random (official convention: seed + rank)
+
+        self.step = 0
+        self.nimg = 0
+        self.guard = NonFiniteGuard(cfg.train.nonfinite_patience)
+        self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", keep_last=cfg.train.keep_last)
+        self.metrics = MetricAccumulator()
+        self.timer = StepTimer(self.device)
+        self.hooks: list[Hook] = []
+        self.logger = TrainLogger(self.run_dir, cfg.logging, enabled=False)  # replaced by fit()
+        self.last_checkpoint: Path | None = None
+        self.last_snapshot: Path | None = None
+        self._resumed_from: LoadedCheckpoint | None = None
+        self._stop = StopSignal()
+
+    # ------------------------------------------------------------------------------------------------------------------
+    # Construction helpers
+
+    def _build_model(self) -> tuple[nn.Module, dict[str, Any]]:
+        from irepa.models import build_model
+
+        cfg = self.config
+        kwargs: dict[str, Any] = {
+            "input_size": list(self.data.input_shape[1:]),
+            "in_channels": self.data.input_shape[0],
+            "num_classes": self.data.num_classes,
+            "null_class": True,  # the official layout: num_classes + 1 label rows (the null / CFG class)
+            "qk_norm": cfg.model.qk_norm,
+            **cfg.model.overrides,
+        }
+        if kwargs["input_size"][0] == kwargs["input_size"][1]:
+            kwargs["input_size"] = kwargs["input_size"][0]
+        try:
+            model = build_model(cfg.model.name, **kwargs)
+        except IrepaError as exc:
+            raise ConfigError(f"model {cfg.model.name!r}: {exc}") from exc
+        return model, dict(getattr(model, "config", kwargs))
+
+    def _build_teacher(self):
+        cfg = self.config
+        if not cfg.align.encoders:
+            return None
+        from irepa.training.teacher import Teacher
+
+        teacher = Teacher.load(
+            cfg.align.encoders,
+            resolution=cfg.teacher.resolution or self.data.image_size[0],
+            weights=cfg.teacher.weights,
+            cache_dir=cfg.teacher.cache_dir,
+            offline=cfg.teacher.offline,
+            pretrained=cfg.teacher.pretrained,
+            arch_overrides=cfg.teacher.arch_overrides,
+            device=self.device,
+        )
+        teacher.check_grid(self.model.grid, cfg.model.name)
+        return teacher
+
+    def _build_aligner(self):
+        if self.teacher is None:
+            return None
+        from irepa.align import RepresentationAligner
+
+        return RepresentationAligner.from_config(self.config.align, self.model.hidden_size, self.teacher.embed_dims)
+
+    def _check_run_dir(self) -> None:
+        """Refuse a run directory whose recorded config differs in a non-resumable key."""
+        path = self.run_dir / "config.yaml"
+        if path.exists():
+            from irepa.config import read_yaml
+
+            changed = check_resume_compatible(read_yaml(path), self.config, where=f"run directory {self.run_dir}")
+            self._warnings.extend(f"config change on resume: {k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+
+    # ------------------------------------------------------------------------------------------------------------------
+    # Public API
+
+    @property
+    def unwrapped_model(self) -> nn.Module:
+        """The diffusion model (no DDP wrapper; compiled in place if ``train.compile``)."""
+        return self.model
+
+    def add_hook(self, name: str, every_steps: int, fn: Callable[[Trainer], None], *, at_end: bool = True) -> None:
+        """Run ``fn(trainer)`` every ``every_steps`` optimizer steps (e.g. previews, online evaluation)."""
+        self.hooks.append(Hook(name, every_steps, fn, at_end))
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The training autocast context (a no-op in fp32)."""
+        if self._autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self._autocast_dtype)
+
+    def fit(self) -> FitResult:
+        """Train to ``train.max_steps`` (resuming if the run directory holds a checkpoint).
+
+        Returns:
+            A :class:`FitResult`; ``status == "interrupted"`` after SIGTERM/SIGINT (checkpoint written).
+
+        Raises:
+            NonFiniteError: Too many consecutive non-finite steps.
+            CheckpointError: A checkpoint could not be written (the previous one stays valid), or none is readable.
+        """
+        cfg = self.config
+        resumed = self._resume()
+        self.logger = TrainLogger(
+            self.run_dir,
+            cfg.logging,
+            enabled=self.is_main,
+            total_steps=cfg.train.max_steps,
+            start_step=self.step,
+            resumed=resumed or (self.run_dir / "metrics.jsonl").exists(),
+            run_name=cfg.name,
+            run_config=to_dict(cfg),
+            stream=self.stream,
+        )
+        for message in self._warnings:
+            self.logger.warning(message)
+        try:
+            with self._stop:
+                return self._loop()
+        finally:
+            self.logger.close()
+            self.data.close()
+
+    # ------------------------------------------------------------------------------------------------------------------
+    # Loop
+
+    def _loop(self) -> FitResult:
+        cfg = self.config
+        if self.is_main:
+            self.checkpoints.remove_stale_temporaries()
+            write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
+        self.accelerator.wait_for_everyone()
+        self._print_summary()
+        hooks = [
+            Hook("checkpoint", cfg.train.checkpoint_every_steps, lambda t: t.save_checkpoint()),
+            Hook("snapshot", cfg.train.snapshot_every_steps, lambda t: t.save_snapshot()),
+            *self.hooks,
+        ]
+        batches = self.data.iterator()
+        self.timer.reset()
+        last_log_step = self.step
+        while self.step < cfg.train.max_steps:
+            stop = self.train_step(batches)
+            self.logger.progress(self.step)
+            final = self.step >= cfg.train.max_steps
+            if self.step % cfg.train.log_every_steps == 0 or final or stop:
+                self._log_interval(self.step - last_log_step)
+                last_log_step = self.step
+            if stop and not final:
+                self.logger.info(
+                    f"{self._stop.received or 'stop signal'} received: stopping after step {self.step}; "
+                    "writing a checkpoint (rerun the same command to resume)"
+                )
+                self.save_checkpoint()
+                signal = self._stop.received or "SIGTERM"  # another process may have received it
+                return FitResult("interrupted", self.step, self.nimg, self.last_checkpoint, self.last_snapshot, signal)
+            for hook in hooks:
+                if hook.due(self.step, final):
+                    hook.fn(self)
+                    self.timer.reset()  # hooks do not count as step time
+        # A resumed run that had already finished (or max_steps == 0) still leaves both artifacts at its last step.
+        if self.checkpoints.steps()[-1:] != [self.step]:
+            self.save_checkpoint()
+        if self.snapshot_path(self.step).exists():
+            self.last_snapshot = self.snapshot_path(self.step)
+        else:
+            self.save_snapshot()
+        self.logger.info(f"done: {self.step} steps, {self.nimg} images; EMA snapshot {self.last_snapshot}")
+        return FitResult("completed", self.step, self.nimg, self.last_checkpoint, self.last_snapshot)
+
+    def _draw_step_randomness(self) -> dict[str, torch.Tensor]:
+        """Times, noise, label-dropout mask (and latent-sampling noise) for the whole global batch, (G, ...)."""
+        g = self.config.optim.global_batch_size
+        shape = (g, *self.data.input_shape)
+        gen = self.generator
+        draws = {
+            "t": self.time_sampler(g, generator=gen, device=self.device),
+            "noise": torch.randn(shape, generator=gen, device=self.device),
+            "drop": torch.rand(g, generator=gen, device=self.device) < self.config.diffusion.label_dropout,
+        }
+        if self.data.space == "latent":
+            draws["eps"] = torch.randn(shape, generator=gen, device=self.device)
+        return draws
+
+    def train_step(self, batches: Iterator[dict[str, torch.Tensor]]) -> bool:
+        """One optimizer step over ``optim.grad_accumulation`` micro-batches drawn from ``batches``.
+
+        Returns:
+            Whether a stop signal arrived on any process (the caller checkpoints and exits).
+        """
+        cfg = self.config
+        accum = cfg.optim.grad_accumulation
+        draws = self._draw_step_randomness()
+        self.optimizer.zero_grad(set_to_none=True)
+        terms_sum: dict[str, torch.Tensor] = {}
+        null_label = self.model.null_label
+        use_teacher = self.teacher is not None and self.aligner.active(self.step)
+        for micro in range(accum):
+            with self.timer.section("data"):
+                batch = next(batches)
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+            # This process's samples of the global batch: positions r, r + W, r + 2W, ... (the sampler's layout).
+            positions = (
+                torch.arange(micro * self.batch_size, (micro + 1) * self.batch_size, device=self.device)
+                * self.world_size
+                + self.rank
+            )
+            x0 = self.data.model_input(batch, draws["eps"][positions] if "eps" in draws else None)
+            y = torch.where(draws["drop"][positions], torch.full_like(batch["label"], null_label), batch["label"])
+            targets = None
+            if use_teacher:
+                with self.timer.section("teacher"):
+                    targets = self.teacher(batch["image"], autocast=self.autocast())
+            last = micro == accum - 1
+            sync = contextlib.nullcontext() if last else self.accelerator.no_sync(self.wrapped)
+            with sync:
+                with self.autocast():
+                    terms = self.wrapped(x0, y, draws["t"][positions], draws["noise"][positions], targets, self.step)
+                loss = terms["loss"] / accum
+                if self.scaler is not None:
+                    self.scaler.scale(loss).backward()
+                else:
+                    loss.backward()
+            for name, value in terms.items():
+                value = value.detach().float() / accum
+                terms_sum[name] = terms_sum[name] + value if name in terms_sum else value
+
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if cfg.optim.grad_clip is not None:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.optim.grad_clip)
+        else:
+            grad_norm = torch.nn.utils.get_total_norm(grads)
+        # The one host sync per step: is the step finite, and did any process receive a stop signal?
+        flags = torch.stack(
+            [(~torch.isfinite(grad_norm)).float(), torch.tensor(float(bool(self._stop)), device=self.device)]
+        )
+        if self.world_size > 1:
+            flags = self.accelerator.reduce(flags, reduction="sum")
+        nonfinite, stop = (bool(v > 0) for v in flags.tolist())
+        hint = _nonfinite_terms(terms_sum) if nonfinite else ""
+        skip = self.guard.observe(not nonfinite, step=self.step + 1, hint=hint)
+        if skip:
+            self.logger.warning(f"step {self.step + 1}: skipped, non-finite gradients{hint}")
+
+        lr = self._lr(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)  # skips the update itself when gradients overflowed
+            self.scaler.update()
+        elif not skip:
+            self.optimizer.step()
+        if not skip:
+            self.ema.update(self.model)
+            self.metrics.add({**terms_sum, "grad_norm": grad_norm})
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.nimg += cfg.optim.global_batch_size
+        self.data.advance(cfg.optim.global_batch_size)
+        return stop
+
+    def _lr(self, step: int) -> float:
+        warmup = self.config.optim.warmup_steps
+        scale = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+        return self.config.optim.lr * scale
+
+    def _log_interval(self, steps: int) -> None:
+        cfg = self.config
+        values = self.metrics.compute(lambda x: self.accelerator.reduce(x, reduction="mean"))
+        perf = self.timer.summary(steps=max(steps, 1), samples=max(steps, 1) * cfg.optim.global_batch_size)
+        record = {
+            "loss": values.pop("loss", math.nan),
+            **values,
+            "lr": self._lr(max(self.step - 1, 0)),
+            "nimg": float(self.nimg),
+            "img_per_s": perf["img_per_s"],
+            "step_ms": perf["step_ms"],
+            "teacher_share": perf["teacher_share"],
+            "data_share": perf["data_share"],
+            "nonfinite_skipped": float(self.guard.skipped),
+        }
+        if self.scaler is not None:
+            record["loss_scale"] = float(self.scaler.get_scale())
+        if self.device.type == "cuda":
+            record["mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+        self.logger.log(record, self.step)
+
+    def _print_summary(self) -> None:
+        cfg = self.config
+        n_model = sum(p.numel() for p in self.model.parameters())
+        n_align = sum(p.numel() for p in self.aligner.parameters()) if self.aligner is not None else 0
+        lines = [
+            f"run {cfg.name or '(unnamed)'} in {self.run_dir}",
+            f"processes {self.world_size} ({self.accelerator.distributed_type}, {self.device.type}); global batch "
+            f"{cfg.optim.global_batch_size} = {self.world_size} x {cfg.optim.grad_accumulation} accumulation x "
+            f"{self.batch_size} per device",
+            f"model {cfg.model.name} {n_model / 1e6:.2f}M params, input {tuple(self.data.input_shape)}, grid "
+            f"{tuple(self.model.grid)}; precision {cfg.train.precision}" + (", compiled" if cfg.train.compile else ""),
+            f"data {self.data.describe()}",
+        ]
+        if self.aligner is not None:
+            lines.append(
+                f"align {', '.join(cfg.align.encoders)} at block {cfg.align.depth}, projector {cfg.align.projector}"
+                f" ({n_align / 1e6:.2f}M params), target norm {cfg.align.target_norm}, weight {cfg.align.weight}"
+            )
+        else:
+            lines.append("align off (no encoders)")
+        if self._resumed_from is not None:
+            lines.append(f"resumed from {self._resumed_from.path.name} (step {self.step}, {self.nimg} images)")
+        else:
+            lines.append("starting from scratch")
+        for line in lines:
+            self.logger.info(line)
+
+    # ------------------------------------------------------------------------------------------------------------------
+    # Checkpoints and snapshots
+
+    def _trainer_state(self) -> dict[str, Any]:
+        from accelerate.utils import gather_object
+
+        rng = gather_object([capture_rng_state()]) if self.world_size > 1 else [capture_rng_state()]
+        return {
+            "step": self.step,
+            "nimg": self.nimg,
+            "world_size": self.world_size,
+            "generator": self.generator.get_state(),
+            "rng": rng,
+            "guard": self.guard.state_dict(),
+            "data": self.data.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+        }
+
+    def save_checkpoint(self) -> Path | None:
+        """Write the full training state (collective: call on every process; rank 0 writes).
+
+        Raises:
+            CheckpointError: If the write failed on rank 0 (the previous checkpoint stays valid).
+        """
+        from accelerate.utils import broadcast_object_list
+
+        self._check_processes_in_sync()  # collective
+        state = self._trainer_state()  # collective (RNG gather)
+        error: str | None = None
+        path: Path | None = None
+        if self.is_main:
+            tensors = {name: module.state_dict() for name, module in self.modules.items()}
+            tensors.update({f"ema.{name}": ema.state_dict() for name, ema in self.emas.items()})
+            objects = {f"optimizer.{name}": opt.state_dict() for name, opt in self.optimizers.items()}
+            try:
+                path = self.checkpoints.save(
+                    self.step,
+                    tensors=tensors,
+                    objects={**objects, "trainer": state},
+                    texts={"config.yaml": dump_yaml(self.config)},
+                    meta={"nimg": self.nimg, "name": self.config.name},
+                )
+            except CheckpointError as exc:
+                error = str(exc)
+        if self.world_size > 1:
+            error = broadcast_object_list([error])[0]
+        if error is not None:
+            raise CheckpointError(error)
+        self.last_checkpoint = self.checkpoints.path(self.step)
+        synced = f" (weights identical on all {self.world_size} processes)" if self.world_size > 1 else ""
+        self.logger.info(f"checkpoint {self.last_checkpoint}{synced}")
+        self.accelerator.wait_for_everyone()
+        return path
+
+    def _check_processes_in_sync(self) -> None:
+        """Verify that every process holds the same weights (DDP keeps them bit-identical).
+
+        Guards against the silent failure mode of unsynchronized processes (environment.md §6): one float64 sum
+        per parameter tensor is all-gathered and compared exactly.
+
+        Raises:
+            IrepaError: If the processes' weights differ.
+        """
+        if self.world_size == 1:
+            return
+        with torch.no_grad():
+            sums = torch.stack([p.detach().double().sum() for p in self.params])
+        gathered = self.accelerator.gather(sums[None])  # (world, num_params)
+        if not bool((gathered == gathered[0]).all()):
+            raise IrepaError(
+                f"the {self.world_size} processes hold different weights at step {self.step}: they are not "
+                "synchronized (see docs/training.md, multi-GPU launch); not writing a checkpoint"
+            )
+
+    def snapshot_path(self, step: int) -> Path:
+        """Where the EMA snapshot of ``step`` is written."""
+        return self.run_dir / "snapshots" / f"ema-{step:07d}.safetensors"
+
+    def save_snapshot(self) -> Path:
+        """Write the EMA inference snapshot for the current step (rank 0 writes; call on every process)."""
+        from irepa.models.io import save_inference
+
+        path = self.snapshot_path(self.step)
+        if self.is_main:
+            save_inference(
+                path,
+                self.ema.module,
+                model_name=self.config.model.name,
+                model_kwargs=self.model_kwargs,
+                metadata={
+                    "diffusion": {"path": self.config.diffusion.path},
+                    "space": self.data.space_metadata(),
+                    "step": self.step,
+                    "ema": True,
+                    "config": to_dict(self.config),
+                    "extra": {"nimg": self.nimg, "ema_decay": self.config.train.ema_decay},
+                },
+            )
+            self.logger.info(f"EMA snapshot {path}")
+        self.last_snapshot = path
+        self.accelerator.wait_for_everyone()
+        return path
+
+    def _resume(self) -> bool:
+        """Load the newest readable checkpoint, if any. Returns whether training resumes."""
+        warnings: list[str] = []
+        loaded = self.checkpoints.load_latest(warn=warnings.append)
+        if loaded is None:
+            return False
+        self.accelerator.wait_for_everyone()
+        if self.is_main:
+            for step in loaded.skipped:
+                self.checkpoints.quarantine(step)
+        self._warnings.extend(warnings)
+        old_config = yaml.safe_load(loaded.texts.get("config.yaml", "")) or {}
+        check_resume_compatible(old_config, self.config, where=f"checkpoint {loaded.path}")
+        where = f"checkpoint {loaded.path}"
+        parts = [(name, module) for name, module in self.modules.items()]
+        parts += [(f"ema.{name}", ema.module) for name, ema in self.emas.items()]
+        for name, module in parts:
+            if name not in loaded.tensors:
+                raise CheckpointError(f"{where} has no {name!r} state (it was trained with another recipe)")
+            check_state_dict(module, loaded.tensors[name], f"{name} from {where}")
+            module.load_state_dict(loaded.tensors[name])
+        for name, optimizer in self.optimizers.items():
+            try:
+                optimizer.load_state_dict(loaded.objects[f"optimizer.{name}"])
+            except (ValueError, KeyError) as exc:
+                raise CheckpointError(f"optimizer {name!r} state in {where} does not match the model: {exc}") from exc
+        state = loaded.objects["trainer"]
+        self.step, self.nimg = int(state["step"]), int(state["nimg"])
+        self.generator.set_state(state["generator"])
+        self.guard.load_state_dict(state["guard"])
+        self.data.load_state_dict(state["data"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        rng = state["rng"]
+        if len(rng) == self.world_size:
+            restore_rng_state(rng[self.rank])
+        else:
+            warnings.append(
+                f"the checkpoint was written by {len(rng)} process(es), this run has {self.world_size}: the global "
+                "RNG streams are re-seeded (data order, noise and weights resume exactly; anything drawn from the "
+                "global RNG does not)"
+            )
+        self._resumed_from = loaded
+        self.last_checkpoint = loaded.path
+        return True
+
+
+def _nonfinite_terms(terms: dict[str, torch.Tensor]) -> str:
+    """`` (non-finite: denoise, align)`` naming the non-finite loss terms (syncs; only called on bad steps)."""
+    bad = [name for name, value in terms.items() if not bool(torch.isfinite(value).all())]
+    return f" (non-finite terms: {', '.join(bad)})" if bad else " (loss finite, gradients not)"

@@ -1,0 +1,174 @@
+"""``irepa train``: presets, dry run, bad input, and an end-to-end CI run on synthetic data (latent space)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+
+def test_help_and_list_presets(run_cli):
+    res = run_cli("train", "--help")
+    assert res.code == 0 and "--dry-run" in res.out and "torchrun --nproc_per_node" in res.out
+    res = run_cli("train", "--list-presets")
+    assert res.code == 0
+    assert "sit-xl2-irepa-official-1x1" in res.out and "conv projector, λ 1.0, target norm spatial, depth 8" in res.out
+
+
+def test_dry_run_prints_config_and_batch_split(run_cli, tmp_path):
+    res = run_cli("train", "--preset", "sit-xl2-irepa", "--dry-run", "--processes", "8", "--run-dir", tmp_path / "r")
+    assert res.code == 0, res
+    assert "global 256 = 8 process(es) x 1 accumulation x 32 per device" in res.out
+    assert "model: SiT-XL/2 674.8" in res.out and "align: dinov2-vit-b at block 8/28, conv projector" in res.out
+    assert "data: NOT READY" in res.out and "would start from scratch" in res.out
+    import yaml
+
+    parsed = yaml.safe_load(res.out)  # the report is a valid config file (notes are comments)
+    assert parsed["align"]["kernel_size"] == 3 and parsed["optim"]["global_batch_size"] == 256
+
+
+def test_batch_not_divisible_is_a_clear_error(run_cli, tmp_path):
+    res = run_cli("train", "--preset", "sit-b2-repa", "--dry-run", "--processes", "3", "--run-dir", tmp_path)
+    assert res.code == 2
+    assert "optim.global_batch_size=256 is not divisible by 3 process(es)" in res.err and "255 or 258" in res.err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--preset", "sit-b2-repaa"], "unknown preset 'sit-b2-repaa'; did you mean 'sit-b2-repa'"),
+        (["--preset", "sit-b2-repa", "optim.lr"], "not of the form key=value"),
+        (["--preset", "sit-b2-repa", "optim.betas=0.9"], "expects 2 values"),
+        (["--config", "missing.yaml"], "cannot read config file 'missing.yaml'"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(run_cli, args, message):
+    res = run_cli("train", *args, "--dry-run")
+    assert res.code == 2 and message in res.err
+    assert len(res.err.strip().splitlines()) == 1
+
+
+def test_missing_data_store_is_a_clear_error(run_cli, tmp_path):
+    res = run_cli("train", "--preset", "ci", f"data.images={tmp_path}/nope", "--run-dir", tmp_path / "run")
+    assert res.code == 2 and "is not a data store (no manifest.json there)" in res.err
+
+
+@pytest.fixture(scope="module")
+def ci_stores(tmp_path_factory):
+    """A 32-image synthetic store at 64 px and its latents from a tiny random VAE, made with the real CLI."""
+    from irepa.cli.main import main
+    from irepa.data.vae import save_random_vae
+
+    root = tmp_path_factory.mktemp("ci")
+    vae = save_random_vae(root / "vae")
+    assert (
+        main(
+            [
+                "data",
+                "prepare",
+                "--synthetic",
+                "32",
+                "--num-classes",
+                "4",
+                "--resolution",
+                "64",
+                "--out",
+                str(root / "images"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "data",
+                "encode",
+                "--store",
+                str(root / "images"),
+                "--vae",
+                str(vae),
+                "--out",
+                str(root / "latents"),
+                "--batch-size",
+                "16",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    return [f"data.images={root / 'images'}", f"data.latents={root / 'latents'}"]
+
+
+@pytest.fixture(scope="module")
+def ci_vae(ci_stores):
+    """The tiny random VAE folder the CI latents were encoded with (written by ``ci_stores``)."""
+    from pathlib import Path
+
+    return Path(ci_stores[0].split("=", 1)[1]).parent / "vae"
+
+
+def test_ci_preset_end_to_end_then_resume_then_sample(run_cli, tmp_path, ci_stores, ci_vae):
+    run_dir = tmp_path / "run"
+    res = run_cli("train", "--preset", "ci", *ci_stores, "--run-dir", run_dir)
+    assert res.code == 0, res
+    assert "finished 4 steps" in res.out and "starting from scratch" in res.err
+    assert "align dinov2-vit-b at block 1" in res.err
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-0000002", "step-0000004"]
+    assert sorted(p.name for p in (run_dir / "snapshots").iterdir()) == [
+        "ema-0000002.safetensors",
+        "ema-0000004.safetensors",
+    ]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert all(-1.0 <= r["align_cos"] <= 1.0 and r["teacher_share"] > 0 for r in rows)
+
+    # Resume = the same command with a longer schedule.
+    res = run_cli("train", "--preset", "ci", *ci_stores, "train.max_steps=6", "--run-dir", run_dir)
+    assert res.code == 0, res
+    assert "resumed from step-0000004 (step 4, 32 images)" in res.err and "finished 6 steps" in res.out
+    assert "config change on resume: train.max_steps: 4 -> 6" in res.err
+
+    # Dry run on the existing run directory says it would resume.
+    res = run_cli("train", "--preset", "ci", *ci_stores, "--dry-run", "--run-dir", run_dir)
+    assert res.code == 0 and "would resume from" in res.out and "step-0000006" in res.out
+
+    # The snapshot is all `irepa sample` needs.
+    from irepa.models.io import load_inference
+
+    snapshot = run_dir / "snapshots" / "ema-0000006.safetensors"
+    model, meta = load_inference(snapshot)
+    assert meta["space"]["kind"] == "latent" and meta["space"]["vae"] and meta["step"] == 6
+    assert model.grid == (4, 4)
+    res = run_cli(
+        "sample",
+        "--snapshot",
+        snapshot,
+        "--num-samples",
+        "4",
+        "--out",
+        tmp_path / "samples.npz",
+        "--sampler",
+        "euler",
+        "--steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--vae-weights",
+        ci_vae,
+        "--device",
+        "cpu",
+        "--no-progress",
+    )
+    assert res.code == 0, res
+    import numpy as np
+
+    with np.load(tmp_path / "samples.npz") as samples:
+        assert samples["arr_0"].shape == (4, 64, 64, 3) and samples["arr_0"].dtype == np.uint8
+
+
+def test_changed_config_on_resume_is_refused(run_cli, tmp_path, ci_stores):
+    run_dir = tmp_path / "run"
+    assert run_cli("train", "--preset", "ci", *ci_stores, "train.max_steps=2", "--run-dir", run_dir).code == 0
+    res = run_cli("train", "--preset", "ci", *ci_stores, "align.weight=0.5", "--run-dir", run_dir)
+    assert res.code == 2 and "align.weight: 1.0 -> 0.5" in res.err and "use a new run directory" in res.err

@@ -1,0 +1,65 @@
+"""Every shipped preset loads, validates, and builds (big models on the meta device)."""
+
+import pytest
+import torch
+
+from irepa.training.config import resolve_config
+from irepa.training.presets import list_presets, load_preset, preset_path
+
+PAPER = {
+    # name: (model, depth, projector, kernel, target norm, weight, precision)
+    "sit-b2-repa": ("SiT-B/2", 4, "mlp", None, "none", 0.5, "bf16"),
+    "sit-b2-irepa": ("SiT-B/2", 4, "conv", 3, "spatial", 1.0, "bf16"),
+    "sit-l2-repa": ("SiT-L/2", 8, "mlp", None, "none", 0.5, "bf16"),
+    "sit-l2-irepa": ("SiT-L/2", 8, "conv", 3, "spatial", 1.0, "bf16"),
+    "sit-xl2-repa": ("SiT-XL/2", 8, "mlp", None, "none", 0.5, "bf16"),
+    "sit-xl2-irepa": ("SiT-XL/2", 8, "conv", 3, "spatial", 1.0, "bf16"),
+    "sit-xl2-irepa-official-1x1": ("SiT-XL/2", 8, "conv", 1, "spatial", 1.0, "fp16"),
+}
+# Published SiT sizes (prior-implementations §1.2), excluding the fixed pos-embed and the projectors.
+PARAMS_M = {"SiT-B/2": 130.3, "SiT-L/2": 457.8, "SiT-XL/2": 674.8}
+
+
+def test_all_expected_presets_exist():
+    assert set(PAPER) | {"debug", "ci"} <= set(list_presets())
+
+
+@pytest.mark.parametrize("name", sorted(list_presets()))
+def test_preset_validates_and_cites_sources(name):
+    cfg = resolve_config(preset=name)
+    assert cfg.name == name
+    text = preset_path(name).read_text()
+    assert text.startswith("#"), "each preset starts with a header comment citing its sources"
+    assert "preset" not in load_preset(name)
+
+
+@pytest.mark.parametrize("name", sorted(PAPER))
+def test_paper_presets_match_the_recipe_and_build(name):
+    from irepa.align import RepresentationAligner
+    from irepa.encoders import ENCODERS
+    from irepa.models import build_model
+
+    model_name, depth, projector, kernel, norm, weight, precision = PAPER[name]
+    cfg = resolve_config(preset=name)
+    assert cfg.model.name == model_name and cfg.align.depth == depth
+    assert cfg.align.projector == projector and cfg.align.target_norm == norm
+    assert cfg.align.weight == weight and cfg.train.precision == precision
+    if kernel is not None:
+        assert cfg.align.kernel_size == kernel
+    if norm == "spatial":
+        assert cfg.align.gamma == 0.6 and cfg.align.eps == 1e-6
+    assert cfg.align.encoders == ["dinov2-vit-b"]
+    assert cfg.optim.lr == 1e-4 and cfg.optim.betas == (0.9, 0.999) and cfg.optim.weight_decay == 0.0
+    assert cfg.optim.global_batch_size == 256 and cfg.optim.grad_clip == 1.0
+    assert cfg.train.ema_decay == 0.9999 and cfg.train.max_steps == 400_000
+    assert cfg.diffusion.label_dropout == 0.1 and cfg.diffusion.time_sampler == "uniform"
+    assert cfg.data.space == "latent" and cfg.data.resolution == 256
+
+    with torch.device("meta"):
+        model = build_model(cfg.model.name, null_class=True, **cfg.model.overrides)
+        dims = {enc: ENCODERS.get(enc).embed_dim for enc in cfg.align.encoders}
+        aligner = RepresentationAligner.from_config(cfg.align, model.hidden_size, dims)
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    assert params == pytest.approx(PARAMS_M[model_name], abs=0.05)
+    assert model.grid == (16, 16) and 1 <= cfg.align.depth <= model.depth
+    assert sum(p.numel() for p in aligner.parameters()) > 0

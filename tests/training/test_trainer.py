@@ -1,0 +1,313 @@
+"""The trainer on tiny CPU configs: learning, alignment wiring, exact resume, faults."""
+
+from __future__ import annotations
+
+import errno
+import json
+import random
+
+import pytest
+import torch
+
+from irepa.errors import ConfigError, IrepaError
+from irepa.training.checkpoint import CheckpointError
+from irepa.training.config import resolve_config
+from irepa.training.guard import NonFiniteError
+from irepa.training.trainer import Trainer
+
+
+def fit(run_dir, overrides):
+    trainer = Trainer(resolve_config(overrides=overrides), run_dir)
+    return trainer, trainer.fit()
+
+
+def final_state(run_dir, step):
+    """Every tensor of the checkpoint at ``step``: weights, EMA, aligner and optimizer moments."""
+    from safetensors.torch import load_file
+
+    folder = run_dir / "checkpoints" / f"step-{step:07d}"
+    out = {}
+    for part in ("model", "ema.model", "aligner"):
+        out.update({f"{part}/{k}": v for k, v in load_file(folder / f"{part}.safetensors").items()})
+    optim = torch.load(folder / "optimizer.main.pt", weights_only=True)
+    for index, state in optim["state"].items():
+        out.update({f"optim/{index}/{k}": v for k, v in state.items() if isinstance(v, torch.Tensor)})
+    return out
+
+
+def assert_identical(a, b):
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+def records(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, latent_stores, latent_overrides):
+    """An uninterrupted 8-step latent-space run with alignment (checkpoints at 4 and 8)."""
+    run_dir = tmp_path_factory.mktemp("reference")
+    _, result = fit(run_dir, latent_overrides(latent_stores))
+    assert result.status == "completed" and result.step == 8 and result.nimg == 64
+    return run_dir, final_state(run_dir, 8)
+
+
+def test_run_directory_layout_and_logs(reference):
+    run_dir, _ = reference
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-0000004", "step-0000008"]
+    assert (run_dir / "snapshots" / "ema-0000008.safetensors").is_file()
+    cfg = resolve_config(config_file=run_dir / "config.yaml")
+    assert cfg.model.name == "SiT-S/2" and cfg.align.encoders == ["hog"]
+    rows = records(run_dir)
+    assert [r["step"] for r in rows] == [2, 4, 6, 8]
+    for key in ("loss", "denoise", "align", "align_loss", "align_cos", "align_weight", "grad_norm", "img_per_s"):
+        assert all(key in r for r in rows), key
+    last = rows[-1]
+    assert last["loss"] == pytest.approx(last["denoise"] + last["align"], rel=1e-5)
+    assert 0 < last["teacher_share"] < 1 and last["nimg"] == 64 and last["nonfinite_skipped"] == 0
+    log = (run_dir / "log.txt").read_text()
+    assert "global batch 8 = 1 x 1 accumulation x 8 per device" in log and "starting from scratch" in log
+
+
+def test_snapshot_is_self_describing(reference):
+    from irepa.models.io import load_inference
+
+    run_dir, state = reference
+    model, meta = load_inference(run_dir / "snapshots" / "ema-0000008.safetensors")
+    assert meta["step"] == 8 and meta["ema"] is True and meta["diffusion"]["path"] == "linear"
+    assert meta["space"]["kind"] == "latent" and meta["space"]["size"] == [8, 8]
+    assert meta["space"]["normalization"]["kind"] == "per-channel"
+    assert meta["config"]["align"]["encoders"] == ["hog"]
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, state[f"ema.model/{name}"]), name
+
+
+@pytest.mark.parametrize("crash_kind", ["exception"])
+def test_crash_at_random_step_then_resume_is_bit_identical(
+    tmp_path, latent_stores, reference, monkeypatch, crash_kind, latent_overrides
+):
+    crash_at = random.Random(1234).randint(5, 7)  # after the step-4 checkpoint, before the end
+    original = Trainer.train_step
+
+    def crashing(self, batches):
+        if self.step + 1 == crash_at:
+            raise RuntimeError("simulated crash")
+        return original(self, batches)
+
+    monkeypatch.setattr(Trainer, "train_step", crashing)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit(tmp_path, latent_overrides(latent_stores))
+    monkeypatch.setattr(Trainer, "train_step", original)
+    _, result = fit(tmp_path, latent_overrides(latent_stores))  # the same command again
+    assert result.step == 8
+    assert_identical(final_state(tmp_path, 8), reference[1])
+    assert [r["step"] for r in records(tmp_path)] == [2, 4, 6, 8]  # the lost segment's records were dropped
+
+
+def test_corrupt_latest_checkpoint_falls_back(tmp_path, latent_stores, reference, latent_overrides):
+    fit(tmp_path, latent_overrides(latent_stores))
+    weights = tmp_path / "checkpoints" / "step-0000008" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])  # truncated
+    trainer, result = fit(tmp_path, latent_overrides(latent_stores))
+    assert trainer._resumed_from.step == 4 and result.step == 8
+    log = (tmp_path / "log.txt").read_text()
+    assert "step-0000008: model.safetensors is truncated" in log and "falling back to step-0000004" in log
+    assert (tmp_path / "checkpoints" / "corrupt-step-0000008").is_dir()
+    assert_identical(final_state(tmp_path, 8), reference[1])
+
+
+def test_out_of_disk_keeps_the_previous_checkpoint(tmp_path, latent_stores, monkeypatch, latent_overrides):
+    from irepa.training import checkpoint
+
+    real_save = torch.save
+    calls = {"n": 0}
+
+    def save(obj, f, *args, **kwargs):
+        if "optimizer" in str(f):
+            calls["n"] += 1
+            if calls["n"] == 2:  # the second checkpoint (step 8) hits a full disk
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.torch, "save", save)
+    with pytest.raises(CheckpointError, match=r"No space left on device.*step-0000004 is intact"):
+        fit(tmp_path, latent_overrides(latent_stores))
+    monkeypatch.undo()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-0000004"]
+    trainer, result = fit(tmp_path, latent_overrides(latent_stores))
+    assert trainer._resumed_from.step == 4 and result.step == 8
+
+
+def test_nan_batch_is_skipped_and_counted(tmp_path, pixel_store, monkeypatch, pixel_overrides):
+    trainer = Trainer(resolve_config(overrides=pixel_overrides(pixel_store, "train.max_steps=4")), tmp_path)
+    original = trainer.data.model_input
+    before = {}
+
+    def poisoned(batch, eps):
+        x0 = original(batch, eps)
+        if trainer.step == 2:  # the third step's batch holds a NaN
+            before.update({k: v.clone() for k, v in trainer.model.state_dict().items()})
+            x0[0, 0, 0, 0] = float("nan")
+        return x0
+
+    trainer.data.model_input = poisoned
+    original_step = trainer.train_step
+
+    def step_and_check(batches):
+        out = original_step(batches)
+        if trainer.step == 3:  # the poisoned step changed nothing
+            for k, v in trainer.model.state_dict().items():
+                assert torch.equal(v, before[k]), k
+        return out
+
+    trainer.train_step = step_and_check
+    result = trainer.fit()
+    assert result.status == "completed" and trainer.guard.skipped == 1
+    last = records(tmp_path)[-1]
+    assert last["nonfinite_skipped"] == 1 and torch.isfinite(torch.tensor(last["loss"]))
+    assert "step 3: skipped, non-finite gradients (non-finite terms: " in (tmp_path / "log.txt").read_text()
+
+
+def test_nan_patience_stops_with_a_message(tmp_path, pixel_store, pixel_overrides):
+    cfg = resolve_config(overrides=pixel_overrides(pixel_store, "train.nonfinite_patience=3"))
+    trainer = Trainer(cfg, tmp_path)
+    trainer.data.model_input = lambda batch, eps: torch.full((8, 3, 32, 32), float("nan"))
+    with pytest.raises(NonFiniteError, match=r"stopped at step 3: 3 consecutive steps .*non-finite terms: .*denoise"):
+        trainer.fit()
+
+
+def test_overfits_a_few_latents(tmp_path, latent_stores, latent_overrides):
+    overrides = latent_overrides(
+        latent_stores,
+        "align.encoders=[]",
+        "diffusion.label_dropout=0",
+        "optim.lr=5e-3",
+        "train.max_steps=300",
+        "train.log_every_steps=10",
+        "train.checkpoint_every_steps=0",
+        "model.overrides={depth: 2, hidden_size: 128, num_heads: 2}",
+    )
+    fit(tmp_path, overrides)
+    losses = [r["denoise"] for r in records(tmp_path)]
+    assert losses[-1] < 0.4 * losses[0], losses  # 8 latents, 300 steps: ~1.87 -> ~0.59 on this CPU
+
+
+def test_aligner_taps_the_configured_block(tmp_path, pixel_store, pixel_overrides):
+    cfg = resolve_config(
+        overrides=pixel_overrides(
+            pixel_store, "model.overrides={depth: 3, hidden_size: 64, num_heads: 2}", "align.depth=2"
+        )
+    )
+    trainer = Trainer(cfg, tmp_path)
+    batch = next(trainer.data.iterator())
+    x0 = trainer.data.model_input(batch, None)
+    targets = trainer.teacher(batch["image"])
+    t, noise = torch.full((8,), 0.5), torch.randn_like(x0)
+    terms = trainer.objective(x0, batch["label"], t, noise, targets, 0)
+    terms["align"].backward()
+    blocks = trainer.model.blocks
+    grad = [sum(float(p.grad.abs().sum()) if p.grad is not None else 0.0 for p in b.parameters()) for b in blocks]
+    assert grad[0] > 0 and grad[1] > 0 and grad[2] == 0.0, grad  # blocks 1..2 feed the aligned tokens; 3 does not
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.aligner.parameters())
+    # The aligned tokens are exactly the model's block-2 output.
+    x_t = 0.5 * x0 + 0.5 * noise  # the linear path at t = 0.5
+    hidden = trainer.model(x_t, t, batch["label"], return_hidden=2).hidden
+    with torch.no_grad():
+        expected = trainer.aligner.compute(targets, source=hidden, grid=trainer.model.grid)["align_loss"]
+    assert terms["align_loss"].item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_grad_accumulation_matches_one_big_batch(tmp_path, pixel_store, pixel_overrides):
+    one = pixel_overrides(pixel_store, "train.max_steps=3", "train.checkpoint_every_steps=0")
+    fit(tmp_path / "one", one)
+    fit(tmp_path / "two", [*one, "optim.grad_accumulation=2"])
+    a, b = (final_state(tmp_path / name, 3) for name in ("one", "two"))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6, msg=key)
+
+
+def test_resume_refuses_a_different_config(tmp_path, pixel_store, pixel_overrides):
+    fit(tmp_path, pixel_overrides(pixel_store, "train.max_steps=2"))
+    with pytest.raises(ConfigError, match=r"optim\.lr: 0\.001 -> 0\.002"):
+        Trainer(resolve_config(overrides=pixel_overrides(pixel_store, "optim.lr=2e-3")), tmp_path)
+    _trainer, result = fit(tmp_path, pixel_overrides(pixel_store, "train.max_steps=4"))  # resumable change
+    assert result.step == 4 and "train.max_steps: 2 -> 4" in (tmp_path / "log.txt").read_text()
+
+
+def test_checkpoint_of_another_architecture_names_the_keys(tmp_path, pixel_store, monkeypatch, pixel_overrides):
+    from irepa.training import trainer as trainer_module
+
+    fit(tmp_path, pixel_overrides(pixel_store, "train.max_steps=2"))
+    (tmp_path / "config.yaml").unlink()
+    monkeypatch.setattr(trainer_module, "check_resume_compatible", lambda *a, **k: {})
+    deeper = pixel_overrides(pixel_store, "model.overrides={depth: 3, hidden_size: 64, num_heads: 2}")
+    with pytest.raises(CheckpointError, match=r"model from checkpoint .*missing keys blocks\.2\."):
+        fit(tmp_path, deeper)
+
+
+def test_custom_hooks_run_at_their_interval(tmp_path, pixel_store, pixel_overrides):
+    trainer = Trainer(resolve_config(overrides=pixel_overrides(pixel_store, "train.max_steps=5")), tmp_path)
+    seen = []
+    trainer.add_hook("probe", 2, lambda t: seen.append(t.step))
+    trainer.fit()
+    assert seen == [2, 4, 5]  # every 2 steps and at the end
+
+
+def test_missing_store_is_a_clear_error(tmp_path, pixel_store, pixel_overrides):
+    with pytest.raises(Exception, match=r"data\.images=.*is not a data store.*irepa data prepare") as info:
+        Trainer(resolve_config(overrides=pixel_overrides(tmp_path / "nope")), tmp_path / "run")
+    assert "\n" not in str(info.value)
+
+
+def test_store_not_matching_the_config_is_refused(tmp_path, pixel_store, pixel_overrides):
+    with pytest.raises(Exception, match="resolution expected 256, found 32"):
+        Trainer(resolve_config(overrides=pixel_overrides(pixel_store, "data.resolution=256")), tmp_path)
+
+
+def test_compiled_model_trains_and_checkpoints_plain_keys(tmp_path, pixel_store, pixel_overrides, monkeypatch):
+    # Dynamo with the "eager" backend: the trainer's compile path (in-place compile, DDP wrapping, plain state-dict
+    # keys) without inductor's minutes of C++ compilation on a CPU.
+    original = torch.nn.Module.compile
+    calls = []
+
+    def compile_eager(self, *args, **kwargs):
+        calls.append(type(self).__name__)
+        return original(self, *args, backend="eager", **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "compile", compile_eager)
+    _, result = fit(tmp_path, pixel_overrides(pixel_store, "train.compile=true", "train.max_steps=2"))
+    assert result.status == "completed" and calls == ["SiT"]
+    state = final_state(tmp_path, 2)
+    assert not any("_orig_mod" in key for key in state)
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in records(tmp_path))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_on_cuda(tmp_path, latent_stores, latent_overrides, precision):
+    overrides = latent_overrides(
+        latent_stores, "train.device=cuda", f"train.precision={precision}", "train.max_steps=4"
+    )
+    trainer, result = fit(tmp_path, overrides)
+    assert result.status == "completed" and trainer.device.type == "cuda"
+    rows = records(tmp_path)
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows) and "mem_gb" in rows[-1]
+    assert ("loss_scale" in rows[-1]) == (precision == "fp16")
+    assert all(v.dtype == torch.float32 for v in final_state(tmp_path, 4).values() if v.is_floating_point())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only refusal")
+def test_fp16_needs_cuda(tmp_path, pixel_store, pixel_overrides):
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
+        Trainer(resolve_config(overrides=pixel_overrides(pixel_store, "train.precision=fp16")), tmp_path)
+
+
+def test_diverged_processes_are_detected_before_writing(tmp_path, pixel_store, pixel_overrides, monkeypatch):
+    trainer = Trainer(resolve_config(overrides=pixel_overrides(pixel_store, "train.max_steps=2")), tmp_path)
+    trainer.world_size = 2  # pretend: a second process whose weights drifted (e.g. an unsynchronized launch)
+    monkeypatch.setattr(trainer.accelerator, "gather", lambda x: torch.cat([x, x + 1.0]))
+    with pytest.raises(IrepaError, match="2 processes hold different weights at step 0: they are not synchronized"):
+        trainer.save_checkpoint()
+    assert not (tmp_path / "checkpoints").exists()

@@ -175,14 +175,14 @@ def test_sigint_checkpoints_and_the_same_command_resumes(tmp_path):
         time.sleep(0.02)
     assert checkpoints, "the first run never wrote a checkpoint"
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
     assert "resume with: irepa demo --resume" in err
     run_dir = next((tmp_path / "out").iterdir())
     assert not (run_dir / "report.md").exists()
     # Re-running the same command finds the unfinished demo and completes it.
     proc = _irepa(*args, cwd=tmp_path)
-    out, err = proc.communicate(timeout=300)
+    _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-2000:]
     assert f"resuming the unfinished demo in {Path('out') / run_dir.name}" in err
     assert (run_dir / "report.md").is_file()

@@ -55,7 +55,11 @@ def _study(probe, srss, fds):
         {"none": None, "repa-a": "A", "repa-b": "B", "repa-c": "C"},
     )
     res["teachers"] = {
-        t: {"card": {"metrics": {"probe": {"top1": p}, "spatial": {"means": {"lds": s, "cds": s, "srss": s, "rmsc": s}}}}}
+        t: {
+            "card": {
+                "metrics": {"probe": {"top1": p}, "spatial": {"means": {"lds": s, "cds": s, "srss": s, "rmsc": s}}}
+            }
+        }
         for t, p, s in zip("ABC", probe, srss)
     }
     return study_outcome(res)

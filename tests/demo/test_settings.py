@@ -13,17 +13,17 @@ def test_presets_compare_the_same_recipe_with_and_without_alignment():
     assert not none.aligned and repa.teacher == irepa.teacher == "irepa-demo-vit"
     assert (repa.projector, repa.target_norm) == ("mlp", "none")
     assert (irepa.projector, irepa.target_norm) == ("conv", "spatial")
-    assert full.eval_steps == [300, 600, 900, 1200]
+    assert full.eval_steps == [500, 1000, 1500]
     study = study_settings()
     assert [r.teacher for r in study.runs] == [None, "irepa-demo-vit", "irepa-demo-vit-global", "irepa-demo-vit-dense"]
     assert {r.projector for r in study.runs} == {"mlp"}
     assert quick_settings().steps < 20
 
 
-def test_steps_override_keeps_four_evaluations():
-    s = settings_for("full", seed=3, steps=400)
-    assert s.seed == 3 and s.steps == 400 and s.eval_steps == [100, 200, 300, 400]
-    assert settings_for("full", steps=10).eval_steps == [3, 6, 9, 10]
+def test_steps_override_keeps_the_number_of_evaluations():
+    s = settings_for("full", seed=3, steps=600)
+    assert s.seed == 3 and s.steps == 600 and s.eval_steps == [200, 400, 600]
+    assert settings_for("full", steps=10).eval_steps == [4, 8, 10]
     odd = dataclasses.replace(full_settings(), steps=7, eval_every=3)
     assert odd.eval_steps == [3, 6, 7]
     with pytest.raises(IrepaError, match="--steps must be >= 1"):

@@ -54,7 +54,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=None, help="seed of every run and of the FD samples (default 0)")
     parser.add_argument(
-        "--steps", type=int, default=None, help="training steps per run (default: the mode's; FD at four checkpoints)"
+        "--steps",
+        type=int,
+        default=None,
+        help="training steps per run (default: the mode's; FD at as many checkpoints as the mode has)",
     )
     parser.add_argument("--resume", type=Path, default=None, metavar="DIR", help="continue the demo in DIR")
     parser.add_argument("--fresh", action="store_true", help="start a new demo even if an unfinished one matches")
@@ -108,7 +111,11 @@ def _run_teacher(args: argparse.Namespace) -> int:
     kinds = TEACHER_KINDS if args.kind == "all" else (args.kind,)
     overrides = {
         key: value
-        for key, value in (("steps", args.steps), ("train_images", args.train_images), ("eval_images", args.eval_images))
+        for key, value in (
+            ("steps", args.steps),
+            ("train_images", args.train_images),
+            ("eval_images", args.eval_images),
+        )
         if value is not None
     }
     for kind in kinds:

@@ -75,6 +75,7 @@ def curves_figure(
     for label, (steps, values) in loss.items():
         ax.plot(steps, _smooth(values, smooth), color=color[label], label=label, lw=1.6)
     ax.set(title="denoising loss (velocity MSE)", xlabel="step", ylabel=f"loss ({smooth}-interval moving average)")
+    ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax = axes[1]
@@ -89,7 +90,8 @@ def curves_figure(
         ax.plot(steps, values, "o-", color=color[label], label=label, lw=1.8)
     if real_fd is not None:
         ax.axhline(real_fd, color="grey", ls="--", lw=1, label="real images (floor)")
-    ax.set(title="Fréchet distance (evaluator features; lower is better)", xlabel="step", ylabel="FD")
+    ax.set(title="Fréchet distance (evaluator features; lower is better)", xlabel="step", ylabel="FD (log scale)")
+    ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -107,7 +109,7 @@ def samples_figure(path: str | Path, grids: Mapping[str, np.ndarray], title: str
         ax.set_title(label, fontsize=10)
         ax.axis("off")
     fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
     _save(fig, path)
 
 

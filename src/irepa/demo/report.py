@@ -165,7 +165,8 @@ def outcome(results: dict[str, Any]) -> dict[str, Any]:
     wins = {name: sum(1 for p in per_step if p["best"] == name) for name in names}
     labels = {name: runs[name]["label"] for name in names}
     lines = [
-        f"At the final step ({final['step']}), the lowest FD is {labels[final['best']]}'s ({fmt_fd(final['fd'][final['best']])}), "
+        f"At the final step ({final['step']}), the lowest FD is {labels[final['best']]}'s "
+        f"({fmt_fd(final['fd'][final['best']])}), "
         f"{fmt_fd(final['margin'])} ({fmt(final['margin_pct'], 1)} %) below {labels[final['runner_up']]} "
         f"({fmt_fd(final['fd'][final['runner_up']])}).",
         "Lowest FD per checkpoint: "
@@ -254,7 +255,7 @@ def study_outcome(results: dict[str, Any]) -> dict[str, Any]:
     spatial_hits = [m for m in SPATIAL if exact[m]]
     lines = [f"Teachers by REPA's final FD (best first): {', '.join(by_fd)}."]
     lines.append(
-        f"Linear-probe accuracy {'ranks them exactly like FD' if exact['probe_top1'] else 'does not rank them like FD'} "
+        f"Linear-probe accuracy {'ranks them' if exact['probe_top1'] else 'does not rank them'} exactly like FD "
         f"(Spearman rho with FD {fmt(rho['probe_top1'], 2)}; -1 is a perfect predictor)."
     )
     lines.append(
@@ -269,7 +270,9 @@ def study_outcome(results: dict[str, Any]) -> dict[str, Any]:
         verdict = "both accuracy and spatial structure predicted the ranking (the study cannot separate them)"
     else:
         verdict = "neither accuracy nor any spatial metric predicted the ranking exactly"
-    lines.append(f"At this scale {verdict}; with {len(rows)} teachers and one seed this is an illustration, not evidence.")
+    lines.append(
+        f"At this scale {verdict}; with {len(rows)} teachers and one seed this is an illustration, not evidence."
+    )
     return {"rows": rows, "spearman_with_fd": rho, "exact": exact, "ranking_by_fd": by_fd, "statement": lines}
 
 
@@ -291,16 +294,23 @@ def write_report(run_dir: str | Path, results: dict[str, Any]) -> Path:
     curves_figure(
         figures / "curves.png",
         loss={r["label"]: (r["curve"]["step"], r["curve"]["denoise"]) for r in runs.values()},
-        align_cos={r["label"]: (r["curve"]["step"], r["curve"]["align_cos"]) for r in runs.values() if "align_cos" in r["curve"]},
+        align_cos={
+            r["label"]: (r["curve"]["step"], r["curve"]["align_cos"])
+            for r in runs.values()
+            if "align_cos" in r["curve"]
+        },
         fd={r["label"]: ([e["step"] for e in r["fd"]], [e["fd"] for e in r["fd"]]) for r in runs.values()},
         real_fd=results["real_fd"],
         smooth=1 if s["mode"] == "quick" else 5,
     )
-    grids = {f"{r['label']}\nFD {fmt_fd(r['final_fd'])}": np.asarray(Image.open(run_dir / r["grid"])) for r in runs.values()}
+    grids = {
+        f"{r['label']}\nFD {fmt_fd(r['final_fd'])}": np.asarray(Image.open(run_dir / r["grid"])) for r in runs.values()
+    }
     samples_figure(
         figures / "samples.png",
         grids,
-        title=f"samples at step {s['steps']} ({s['fd']['sampler']} {s['fd']['steps']} steps, no guidance; one class per row)",
+        title=f"samples at step {s['steps']} ({s['fd']['sampler']}, {s['fd']['steps']} steps, no guidance; "
+        "one class per row)",
     )
     results["figures"] = {
         "curves": "figures/curves.png",
@@ -327,8 +337,11 @@ def render_markdown(results: dict[str, Any]) -> str:
     runs = results["runs"]
     out = results["outcome"]
     fd_cfg = s["fd"]
-    title = {"full": "REPA vs iREPA at laptop scale", "quick": "quick mode (CI smoke run: numbers are meaningless)",
-             "study": "which teacher property predicts generation? (study)"}[s["mode"]]
+    title = {
+        "full": "REPA vs iREPA at laptop scale",
+        "quick": "quick mode (CI smoke run: numbers are meaningless)",
+        "study": "which teacher property predicts generation? (study)",
+    }[s["mode"]]
     lines = [f"# irepa demo: {title}", ""]
     timing = results.get("timing", {})
     flags = {"full": "", "quick": " --quick", "study": " --study"}[s["mode"]]
@@ -360,27 +373,51 @@ def render_markdown(results: dict[str, Any]) -> str:
     lines += ["## Setup", ""]
     mo = s["model_overrides"]
     setup = [
-        ["data", f"{s['train_images']} synthetic {s['image_size']} px images, {s['num_classes']} shape classes "
-         f"(dataset seed {s['data_seed']}), pixel space, no flips"],
-        ["model", f"{s['model']} with depth {mo.get('depth')}, width {mo.get('hidden_size')}, {mo.get('num_heads')} "
-         f"heads: {results['model_params'] / 1e6:.2f}M parameters, 8×8 tokens"],
-        ["training", f"{s['steps']} steps × batch {s['batch_size']}, AdamW lr {s['lr']:g}, fp32, EMA {s['ema_decay']}, "
-         f"label dropout {s['label_dropout']}, seed {s['seed']} (same init, data order and noise for every run)"],
-        ["alignment", f"block {s['align_depth']}, λ = {s['align_weight']} for every aligned run; REPA: MLP projector "
-         f"(hidden {s['projector_dim']}), raw targets; iREPA: 3×3 conv projector, spatial norm γ = {s['gamma']}"],
-        ["evaluation", f"EMA snapshots at steps {', '.join(str(e['step']) for e in next(iter(runs.values()))['fd'])}; "
-         f"{fd_cfg['num_samples']} class-balanced samples ({fd_cfg['sampler']}, {fd_cfg['steps']} steps, CFG "
-         f"{fd_cfg['cfg_scale']:g}, seed {fd_cfg['seed']}); FD of `{results['evaluator']['id']}` CLS features against "
-         f"{s['reference_images']} training images"],
+        [
+            "data",
+            f"{s['train_images']} synthetic {s['image_size']} px images, {s['num_classes']} shape classes "
+            f"(dataset seed {s['data_seed']}), pixel space, no flips",
+        ],
+        [
+            "model",
+            f"{s['model']} with depth {mo.get('depth')}, width {mo.get('hidden_size')}, {mo.get('num_heads')} "
+            f"heads: {results['model_params'] / 1e6:.2f}M parameters, 8×8 tokens",
+        ],
+        [
+            "training",
+            f"{s['steps']} steps × batch {s['batch_size']}, AdamW lr {s['lr']:g}, fp32, EMA {s['ema_decay']}, "
+            f"label dropout {s['label_dropout']}, seed {s['seed']} (same init, data order and noise for every run)",
+        ],
+        [
+            "alignment",
+            f"block {s['align_depth']}, λ = {s['align_weight']} for every aligned run; REPA: MLP projector "
+            f"(hidden {s['projector_dim']}), raw targets; iREPA: 3×3 conv projector, spatial norm γ = {s['gamma']}",
+        ],
+        [
+            "evaluation",
+            f"EMA snapshots at steps {', '.join(str(e['step']) for e in next(iter(runs.values()))['fd'])}; "
+            f"{fd_cfg['num_samples']} class-balanced samples ({fd_cfg['sampler']}, {fd_cfg['steps']} steps, CFG "
+            f"{fd_cfg['cfg_scale']:g}, seed {fd_cfg['seed']}); FD of `{results['evaluator']['id']}` CLS features "
+            f"against {s['reference_images']} training images",
+        ],
     ]
     lines += _table(["", ""], setup)
     lines += [""]
     run_rows = [
-        [name, r["label"], f"`{r['teacher']}`" if r["teacher"] else "—", f"{r['projector_params']:,}",
-         fmt(r["final_denoise"], 4), fmt(r.get("final_align_cos")), fmt_fd(r["final_fd"])]
+        [
+            name,
+            r["label"],
+            f"`{r['teacher']}`" if r["teacher"] else "—",
+            f"{r['projector_params']:,}",
+            fmt(r["final_denoise"], 4),
+            fmt(r.get("final_align_cos")),
+            fmt_fd(r["final_fd"]),
+        ]
         for name, r in runs.items()
     ]
-    lines += _table(["run", "what", "teacher", "projector params", "final loss", "final align cos", "final FD"], run_rows)
+    lines += _table(
+        ["run", "what", "teacher", "projector params", "final loss", "final align cos", "final FD"], run_rows
+    )
     lines += ["", "## Teachers", ""]
     for teacher, t in results["teachers"].items():
         card = t["card"]
@@ -395,7 +432,10 @@ def render_markdown(results: dict[str, Any]) -> str:
         ]
         rows = [
             ["raw tokens (REPA's targets)", *(fmt(t["raw"][k]) for k in SPATIAL)],
-            [f"spatially normalized, γ = {t['gamma']:g} (iREPA's targets)", *(fmt(t["normalized"][k]) for k in SPATIAL)],
+            [
+                f"spatially normalized, γ = {t['gamma']:g} (iREPA's targets)",
+                *(fmt(t["normalized"][k]) for k in SPATIAL),
+            ],
         ]
         lines += _table([f"spatial metrics on {t['images']} held-out images", "LDS", "CDS", "SRSS", "RMSC"], rows)
         lines += ["", f"![similarity maps of {teacher}](figures/{t['figure']})", ""]

@@ -87,35 +87,37 @@ class DemoSettings:
 
     mode: Mode = "full"
     seed: int = 0
-    steps: int = 1200
-    eval_every: int = 300
-    batch_size: int = 64
+    steps: int = 1500
+    eval_every: int = 500
+    batch_size: int = 32
     lr: float = 1e-3
     ema_decay: float = 0.995
     log_every: int = 10
-    checkpoint_every: int = 100
+    checkpoint_every: int = 250
     train_images: int = 10000
     data_seed: int = 0
     num_classes: int = 10
     image_size: int = 32
     model: str = "SiT-S/4"
     model_overrides: dict[str, int] = dataclasses.field(
-        default_factory=lambda: {"depth": 4, "hidden_size": 128, "num_heads": 4}
+        default_factory=lambda: {"depth": 4, "hidden_size": 96, "num_heads": 3}
     )
     align_depth: int = 2
     align_weight: float = 0.5
-    projector_dim: int = 512
+    projector_dim: int = 128
     gamma: float = 0.6
     label_dropout: float = 0.1
-    fd: SampleSettings = dataclasses.field(default_factory=lambda: SampleSettings(num_samples=1000))
+    fd: SampleSettings = dataclasses.field(default_factory=lambda: SampleSettings(num_samples=750, steps=10))
     reference_images: int = 5000
     grid_per_class: int = 8
     runs: tuple[RunSpec, ...] = ()
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1:
-            raise IrepaError(f"demo steps, batch size and eval interval must be >= 1 (got {self.steps}, "
-                             f"{self.batch_size}, {self.eval_every})")
+            raise IrepaError(
+                f"demo steps, batch size and eval interval must be >= 1 (got {self.steps}, "
+                f"{self.batch_size}, {self.eval_every})"
+            )
         if self.seed < 0:
             raise IrepaError(f"--seed must be >= 0, got {self.seed}")
         if self.reference_images > self.train_images:
@@ -163,7 +165,7 @@ def _demo_runs() -> tuple[RunSpec, ...]:
 
 
 def full_settings(seed: int = 0, steps: int | None = None) -> DemoSettings:
-    """``irepa demo``: see the class defaults; ``steps`` rescales the evaluation interval (four evaluations)."""
+    """``irepa demo``: see the class defaults; ``steps`` rescales the evaluation interval (three evaluations)."""
     base = DemoSettings(mode="full", seed=seed, runs=_demo_runs())
     return _with_steps(base, steps)
 

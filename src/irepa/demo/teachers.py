@@ -230,11 +230,14 @@ def patch_labels(masks: torch.Tensor, labels: torch.Tensor, patch_size: int) -> 
 
 
 def image_attributes(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """The evaluator's regression targets (B, 9): object area, centroid (x, y in [-1, 1]), mean object and
-    background colour (RGB in [0, 1]). Images uint8 (B, 3, H, W), masks bool (B, H, W)."""
+    """The evaluator's regression targets (B, 9), in :data:`ATTRIBUTES` order.
+
+    Object area (fraction of pixels), centroid (x, y in [-1, 1]), mean object and background colour (RGB in
+    [0, 1]), from uint8 images (B, 3, H, W) and bool masks (B, H, W).
+    """
     x = images.float() / 255.0
     m = masks.float()
-    b, h, w = m.shape
+    h, w = m.shape[-2:]
     area = m.flatten(1).mean(1)
     fg_count = m.flatten(1).sum(1).clamp_min(1.0)
     bg_count = (1 - m).flatten(1).sum(1).clamp_min(1.0)
@@ -261,7 +264,12 @@ class _Heads(nn.Module):
         self.regress = nn.Linear(dim, len(ATTRIBUTES)) if objective == "class+attributes" else None
 
     def forward(
-        self, feats: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor, attributes: torch.Tensor | None, patch: int
+        self,
+        feats: torch.Tensor,
+        labels: torch.Tensor,
+        masks: torch.Tensor,
+        attributes: torch.Tensor | None,
+        patch: int,
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
         """Loss terms and the class logits (for the training-time accuracy)."""
         cls_token, patches = feats[:, 0], feats[:, 1:]
@@ -357,7 +365,10 @@ def train_teacher(
             group["lr"] = recipe.lr * _lr_factor(step, recipe)
         feats = backbone.forward_features(_preprocess(data.images[idx]))  # (B, 1 + T, D) after the final norm
         terms, logits = heads(
-            feats, data.labels[idx], data.masks[idx], attributes[idx] if attributes is not None else None,
+            feats,
+            data.labels[idx],
+            data.masks[idx],
+            attributes[idx] if attributes is not None else None,
             recipe.patch_size,
         )
         loss = sum(terms.values())
@@ -449,7 +460,9 @@ def encode_tokens(encoder: Any, images: torch.Tensor, batch_size: int = 500) -> 
     for start in range(0, images.shape[0], batch_size):
         out = encoder.encode(images[start : start + batch_size])
         patches.append(out.patch_tokens)
-        cls.append(out.cls_token if out.cls_token is not None else out.patch_tokens.new_zeros(out.patch_tokens[:, 0].shape))
+        cls.append(
+            out.cls_token if out.cls_token is not None else out.patch_tokens.new_zeros(out.patch_tokens[:, 0].shape)
+        )
     return torch.cat(patches), torch.cat(cls)
 
 

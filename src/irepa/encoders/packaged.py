@@ -176,9 +176,7 @@ def read_packaged_card(path: str | Path) -> dict[str, Any]:
     return card
 
 
-def register_packaged_card(
-    path: str | Path, *, id: str | None = None, asset: str | Path | None = None
-) -> EncoderSpec:
+def register_packaged_card(path: str | Path, *, id: str | None = None, asset: str | Path | None = None) -> EncoderSpec:
     """Register the packaged ViT described by the card at ``path``.
 
     Args:

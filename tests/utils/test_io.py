@@ -62,3 +62,21 @@ def test_tensor_file_errors(tmp_path):
     torch.save({"obj": Evil()}, tmp_path / "evil.pt")  # needs unpickling of a class: refused by weights_only
     with pytest.raises(IrepaError, match="cannot read features file"):
         load_tensor_file(tmp_path / "evil.pt")
+
+
+def test_save_safetensors_is_byte_deterministic(tmp_path):
+    # safetensors orders metadata by a randomized hash map (6 orders of 3 keys show up within 30 calls in one
+    # process); irepa's files must hash the same for the same content (the demo assets' checksums rely on it).
+    tensors = {"b.weight": torch.arange(6, dtype=torch.float16).view(2, 3), "a": torch.ones(5)}
+    blobs = set()
+    for i in range(30):
+        keys = ["format", "encoder", "z"][i % 3 :] + ["format", "encoder", "z"][: i % 3]
+        save_safetensors(tensors, tmp_path / "t.safetensors", metadata={k: k.upper() for k in keys})
+        blobs.add((tmp_path / "t.safetensors").read_bytes())
+    assert len(blobs) == 1
+    blob = blobs.pop()
+    size = int.from_bytes(blob[:8], "little")
+    assert size % 8 == 0 and blob[8:].startswith(b'{"__metadata__":{"encoder":"ENCODER","format":"FORMAT","z":"Z"}')
+    loaded = load_tensor_file(tmp_path / "t.safetensors")
+    assert set(loaded) == set(tensors) and all(torch.equal(loaded[k], tensors[k]) for k in tensors)
+    assert read_safetensors_metadata(tmp_path / "t.safetensors") == {"format": "FORMAT", "encoder": "ENCODER", "z": "Z"}

@@ -141,8 +141,9 @@ def similarity_figure(
     plt = _pyplot()
     h, w = grid
     rows = images.shape[0]
-    fig, axes = plt.subplots(rows, 4, figsize=(9.6, 2.5 * rows), squeeze=False)
-    columns = ("image", "object mask", "raw tokens", f"spatially normalized (γ={gamma:g})")
+    # Constrained layout keeps the four columns the same size next to a colorbar that spans every row.
+    fig, axes = plt.subplots(rows, 4, figsize=(9.2, 2.3 * rows + 0.5), squeeze=False, layout="constrained")
+    columns = ("image", "object mask", "raw tokens", f"spatially normalized\n(γ = {gamma:g})")
     for r in range(rows):
         ay, ax_ = divmod(int(anchors[r]), w)
         panels = [
@@ -164,6 +165,6 @@ def similarity_figure(
             ax.set_yticks([])
             if r == 0:
                 ax.set_title(columns[c], fontsize=9)
-    fig.colorbar(im, ax=axes[:, 2:].ravel().tolist(), shrink=0.6, label="cosine similarity")
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.5, label="cosine similarity to the anchor (x)")
     fig.suptitle(title, fontsize=10)
     _save(fig, path)

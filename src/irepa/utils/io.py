@@ -63,13 +63,35 @@ def write_text(path: str | Path, text: str) -> None:
 
 
 def save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | Path, metadata: Mapping[str, str] | None = None):
-    """Atomically save a flat ``name -> tensor`` dict as safetensors (tensors made contiguous, moved to CPU)."""
+    """Atomically save a flat ``name -> tensor`` dict as safetensors (tensors made contiguous, moved to CPU).
+
+    The same tensors and metadata always give the same bytes (see :func:`_canonical_safetensors`), so a checksum
+    identifies the content.
+    """
     from safetensors.torch import save
 
     payload = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     blob = save(payload, metadata={str(k): str(v) for k, v in (metadata or {}).items()})
     with atomic_write(path, "wb") as f:
-        f.write(blob)
+        f.write(_canonical_safetensors(blob))
+
+
+def _canonical_safetensors(blob: bytes) -> bytes:
+    """``blob`` with its ``__metadata__`` entries sorted by key, the tensor data untouched.
+
+    The safetensors library writes the metadata from a Rust ``HashMap`` whose iteration order is randomized per
+    process, so the same call gave different bytes (and SHA-256) from run to run. The file format is an 8-byte
+    little-endian header length, a JSON header padded with spaces to a multiple of 8 bytes, then the tensor data,
+    whose offsets are relative to the end of the header: rewriting the header leaves the data valid.
+    """
+    size = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8 : 8 + size])
+    metadata = header.pop("__metadata__", None)
+    ordered = {"__metadata__": dict(sorted(metadata.items()))} if metadata else {}
+    ordered.update(header)  # tensor entries keep the library's (deterministic) order
+    text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + blob[8 + size :]
 
 
 def read_safetensors_metadata(path: str | Path) -> dict[str, str]:

@@ -1,1 +1,0 @@
-"""Analysis and plots over run artifacts."""

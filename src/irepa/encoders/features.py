@@ -21,7 +21,6 @@ import dataclasses
 import json
 import math
 import shutil
-import struct
 import tempfile
 import time
 from collections.abc import Sequence
@@ -32,7 +31,7 @@ import torch
 
 from irepa.encoders.base import VisionEncoder
 from irepa.errors import IrepaError
-from irepa.utils.io import atomic_write
+from irepa.utils.io import atomic_write, safetensors_header
 
 __all__ = [
     "FEATURES_FORMAT",
@@ -107,11 +106,8 @@ class SafetensorsStreamWriter:
                     "data_offsets": [offset, offset + size],
                 }
                 offset += size
-            blob = json.dumps(header, separators=(",", ":")).encode()
-            blob += b" " * (-len(blob) % 8)  # the format pads the header to 8 bytes
             with atomic_write(self.path, "wb") as out:
-                out.write(struct.pack("<Q", len(blob)))
-                out.write(blob)
+                out.write(safetensors_header(header))
                 for index in range(len(self._files)):
                     with open(self._dir / f"{index}.bin", "rb") as src:
                         shutil.copyfileobj(src, out, length=16 << 20)

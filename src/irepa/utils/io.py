@@ -89,9 +89,18 @@ def _canonical_safetensors(blob: bytes) -> bytes:
     metadata = header.pop("__metadata__", None)
     ordered = {"__metadata__": dict(sorted(metadata.items()))} if metadata else {}
     ordered.update(header)  # tensor entries keep the library's (deterministic) order
-    text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
+    return safetensors_header(ordered) + blob[8 + size :]
+
+
+def safetensors_header(header: Mapping[str, Any]) -> bytes:
+    """The bytes that open a safetensors file for ``header`` (``__metadata__`` and the tensor entries, in order).
+
+    An 8-byte little-endian length, then the compact JSON header padded with spaces to a multiple of 8 bytes (the
+    format's alignment of the data that follows).
+    """
+    text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
-    return len(text).to_bytes(8, "little") + text + blob[8 + size :]
+    return len(text).to_bytes(8, "little") + text
 
 
 def read_safetensors_metadata(path: str | Path) -> dict[str, str]:

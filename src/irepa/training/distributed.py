@@ -19,6 +19,7 @@ generators are seeded with ``seed + rank`` (the official recipes' convention) fo
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -35,6 +36,7 @@ __all__ = [
     "per_device_batch_size",
     "restore_rng_state",
     "seed_everything",
+    "sync_gradients",
 ]
 
 
@@ -146,3 +148,49 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         cuda_states = state["cuda"]
         if len(cuda_states) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda_states)
+
+
+def sync_gradients(params: Sequence[torch.nn.Parameter], world_size: int, *, bucket_mb: float = 25.0) -> None:
+    """Average the gradients of ``params`` over all processes, in place (what DDP's backward hooks do).
+
+    For objectives that cannot use DDP's hooks (``Objective.manual_grad_sync``: a ``torch.func.jvp`` through the
+    unwrapped module, several phases updating different parameters). Call it once per optimizer step, after the
+    *last* micro-batch's backward (the accumulated gradients are summed locally first, as with ``no_sync``).
+    Gradients are flattened into buckets of about ``bucket_mb`` MiB per dtype and all-reduced bucket by bucket; a
+    parameter without a gradient contributes zeros (and receives the average), so every process reduces the same
+    buckets in the same order.
+
+    Args:
+        params: The parameters of one optimizer, in the same order on every process.
+        world_size: Number of processes (a no-op for 1).
+        bucket_mb: Bucket size in MiB.
+    """
+    if world_size <= 1:
+        return
+    import torch.distributed as dist
+
+    grads = []
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        grads.append(p.grad)
+    limit = int(bucket_mb * 2**20)
+    by_dtype: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
+    for g in grads:
+        by_dtype.setdefault((g.dtype, g.device), []).append(g)
+    for group in by_dtype.values():
+        bucket: list[torch.Tensor] = []
+        size = 0
+        for g in [*group, None]:
+            if g is not None:
+                bucket.append(g)
+                size += g.numel() * g.element_size()
+            if bucket and (g is None or size >= limit):
+                flat = torch.cat([b.reshape(-1) for b in bucket])
+                dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+                flat.div_(world_size)
+                offset = 0
+                for b in bucket:
+                    b.copy_(flat[offset : offset + b.numel()].view_as(b))
+                    offset += b.numel()
+                bucket, size = [], 0

@@ -41,3 +41,15 @@ def test_bad_statistics_and_shapes():
         LatentBatchNorm(2)(torch.zeros(1, 3, 2, 2))
     sync = LatentBatchNorm(2, mean=[1.0, 2.0], std=[1.0, 1.0]).convert_sync()
     assert isinstance(sync.bn, torch.nn.SyncBatchNorm) and sync.latent_stats()["mean"] == [1.0, 2.0]
+
+
+def test_ema_of_the_running_statistics():
+    bn = LatentBatchNorm(2, mean=[1.0, 2.0], std=[1.0, 2.0], momentum=1.0, ema_decay=0.75).train()
+    assert bn.ema_stats() == {"mean": [1.0, 2.0], "std": [1.0, 2.0]}  # starts as a copy
+    z = torch.tensor([[3.0, 6.0], [5.0, 10.0]]).view(2, 2, 1, 1)  # batch means 4 and 8 (momentum 1: replaced)
+    bn(z)
+    bn.update_ema()
+    torch.testing.assert_close(bn.ema_mean, torch.tensor([0.75 * 1 + 0.25 * 4, 0.75 * 2 + 0.25 * 8]))
+    torch.testing.assert_close(bn.ema_var, 0.75 * torch.tensor([1.0, 4.0]) + 0.25 * bn.bn.running_var)
+    assert {"ema_mean", "ema_var"} <= set(bn.state_dict())
+    LatentBatchNorm(2).update_ema()  # a no-op without ema_decay

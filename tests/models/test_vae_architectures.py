@@ -149,3 +149,19 @@ def test_save_vae_folder_round_trip(tmp_path):
     assert read_vae_folder_stats(tmp_path) is None
     with pytest.raises(IrepaError, match="latent statistics have 3 means"):
         save_vae_folder(model, tmp_path / "v2", latent_stats={"mean": [0.0] * 3, "std": [1.0] * 3})
+
+
+@pytest.mark.parametrize("arch", ["tiny", "f16d32"])
+def test_diffusers_config_is_read_back_from_a_state_dict(arch):
+    from diffusers import AutoencoderKL
+
+    from irepa.models.vae import diffusers_vae_config
+
+    with torch.device("meta"):
+        model = AutoencoderKL(**VAE_ARCHITECTURES.get(arch))
+    config = diffusers_vae_config(model.state_dict())
+    for key, value in VAE_ARCHITECTURES.get(arch).items():
+        if key != "sample_size":
+            assert tuple(config[key]) == tuple(value) if isinstance(value, tuple) else config[key] == value, key
+    with pytest.raises(IrepaError, match="not a diffusers AutoencoderKL state dict"):
+        diffusers_vae_config({"x": torch.zeros(1)})

@@ -38,6 +38,9 @@ class LatentBatchNorm(nn.Module):
         eps: BatchNorm eps (1e-4 in REPA-E), used when normalizing only.
         mean: Initial running mean per channel (the VAE's latent means); default 0.
         std: Initial running standard deviation per channel (1/``latents_scale``); default 1.
+        ema_decay: Also keep an exponential moving average of the running statistics (buffers ``ema_mean``,
+            ``ema_var``; :meth:`update_ema`), as REPA-E's EMA model averages its BatchNorm buffers with the SiT's
+            weights and samples with them. None: no average.
     """
 
     def __init__(
@@ -48,11 +51,18 @@ class LatentBatchNorm(nn.Module):
         eps: float = 1e-4,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
+        ema_decay: float | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 <= momentum <= 1.0:
             raise IrepaError(f"latent BatchNorm momentum must be in [0, 1], got {momentum}")
+        if ema_decay is not None and not 0.0 <= ema_decay <= 1.0:
+            raise IrepaError(f"latent BatchNorm EMA decay must be in [0, 1], got {ema_decay}")
         self.bn = nn.BatchNorm2d(channels, eps=eps, momentum=momentum, affine=False)
+        self.ema_decay = ema_decay
+        if ema_decay is not None:
+            self.register_buffer("ema_mean", self.bn.running_mean.clone())
+            self.register_buffer("ema_var", self.bn.running_var.clone())
         if mean is not None or std is not None:
             self.init_stats(
                 mean if mean is not None else [0.0] * channels, std if std is not None else [1.0] * channels
@@ -76,6 +86,23 @@ class LatentBatchNorm(nn.Module):
             raise IrepaError("latent statistics need finite means and positive standard deviations")
         self.bn.running_mean.copy_(mean_t.to(self.bn.running_mean))
         self.bn.running_var.copy_(std_t.pow(2).to(self.bn.running_var))
+        if self.ema_decay is not None:  # the EMA starts as a copy, like the EMA model
+            self.ema_mean.copy_(self.bn.running_mean)
+            self.ema_var.copy_(self.bn.running_var)
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        """``ema ← decay · ema + (1 − decay) · running`` for the mean and the variance (no-op without ``ema_decay``)."""
+        if self.ema_decay is None:
+            return
+        self.ema_mean.lerp_(self.bn.running_mean, 1.0 - self.ema_decay)
+        self.ema_var.lerp_(self.bn.running_var, 1.0 - self.ema_decay)
+
+    def ema_stats(self) -> dict[str, list[float]]:
+        """``{"mean", "std"}`` of the averaged statistics (the running ones without ``ema_decay``)."""
+        if self.ema_decay is None:
+            return self.latent_stats()
+        return {"mean": self.ema_mean.double().cpu().tolist(), "std": self.ema_var.double().sqrt().cpu().tolist()}
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         """Normalize raw VAE latents ``(B, C, h, w)``: batch statistics in train mode, running ones in eval; float32."""

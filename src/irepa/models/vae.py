@@ -45,6 +45,7 @@ __all__ = [
     "VAE_STATS_FILE",
     "OfficialVAE",
     "build_vae",
+    "diffusers_vae_config",
     "ldm_vae_to_diffusers",
     "read_official_vae",
     "read_vae_folder_stats",
@@ -225,6 +226,39 @@ def _strip(state: Mapping[str, torch.Tensor], prefixes: tuple[str, ...]) -> dict
 
 def _summary(config: Mapping[str, Any]) -> str:
     return f"(widths {list(config['block_out_channels'])}, {config['latent_channels']} latent channels)"
+
+
+def diffusers_vae_config(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """The AutoencoderKL kwargs of a diffusers-layout VAE state dict, read from its shapes (e.g. a checkpoint's ``vae``).
+
+    GroupNorm groups cannot be read from shapes; 32 is assumed (every architecture of :data:`VAE_ARCHITECTURES`).
+
+    Raises:
+        IrepaError: Not a diffusers AutoencoderKL state dict.
+    """
+    levels = _indices(state, r"encoder\.down_blocks\.(\d+)\.")
+    if not levels or levels != list(range(len(levels))) or "encoder.conv_in.weight" not in state:
+        first = ", ".join(sorted(state)[:4]) or "none"
+        raise IrepaError(f"not a diffusers AutoencoderKL state dict (encoder.down_blocks.N.*); first keys: {first}")
+    widths = [int(state[f"encoder.down_blocks.{i}.resnets.0.conv1.weight"].shape[0]) for i in levels]
+    attn = [any(k.startswith(f"encoder.down_blocks.{i}.attentions.") for k in state) for i in levels]
+    if "post_quant_conv.weight" in state:
+        latent = int(state["post_quant_conv.weight"].shape[0])
+    else:
+        latent = int(state["decoder.conv_in.weight"].shape[1])
+    return {
+        "in_channels": int(state["encoder.conv_in.weight"].shape[1]),
+        "out_channels": int(state["decoder.conv_out.weight"].shape[0]),
+        "block_out_channels": tuple(widths),
+        "down_block_types": tuple("AttnDownEncoderBlock2D" if a else "DownEncoderBlock2D" for a in attn),
+        "up_block_types": tuple("AttnUpDecoderBlock2D" if a else "UpDecoderBlock2D" for a in reversed(attn)),
+        "layers_per_block": len(_indices(state, r"encoder\.down_blocks\.0\.resnets\.(\d+)\.")),
+        "norm_num_groups": 32,
+        "latent_channels": latent,
+        "use_quant_conv": "quant_conv.weight" in state,
+        "use_post_quant_conv": "post_quant_conv.weight" in state,
+        "mid_block_add_attention": "encoder.mid_block.attentions.0.to_q.weight" in state,
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import torch
 
 from irepa.diffusion.meanflow import MeanFlowGuidance, meanflow_loss, sample_interval_times
 from irepa.models import build_model
-from irepa.training.distributed import ReplicaDivergenceError, allreduce_gradients, check_replicas_in_sync
+from irepa.training.distributed import ReplicaDivergenceError, check_replicas_in_sync, sync_gradients
 
 GLOBAL_BATCH = 8
 STEPS = 2
@@ -71,7 +71,7 @@ def run(model: torch.nn.Module, rank: int, world: int, *, sync: bool) -> dict[st
         result.loss.backward()
         local = {n: p.grad.clone() for n, p in model.named_parameters()}
         if sync:
-            buckets = allreduce_gradients(model.parameters(), bucket_mb=0.02)  # ~20 KB buckets: several of them
+            buckets = sync_gradients(model.parameters(), world, bucket_mb=0.02)  # ~20 KB buckets: several of them
             assert world == 1 or buckets > 1, buckets
         try:
             check_replicas_in_sync({n: p.grad for n, p in model.named_parameters()}, what="gradients", step=step)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import irepa
-from irepa.training.distributed import allreduce_gradients, check_replicas_in_sync
+from irepa.training.distributed import check_replicas_in_sync, sync_gradients
 
 SRC = Path(irepa.__file__).resolve().parents[1]
 
@@ -61,7 +61,7 @@ def test_two_processes_equal_one_process_at_the_same_global_batch(two_process):
 
 
 def test_without_the_explicit_allreduce_processes_diverge_and_the_checksum_says_so(two_process):
-    """The JVP bypasses DDP: without allreduce_gradients nothing synchronizes the gradients."""
+    """The JVP bypasses DDP: without sync_gradients nothing synchronizes the gradients."""
     rank0, rank1 = (r["nosync"] for r in two_process)
     assert rank0["diverged"] and rank1["diverged"]
     differing = [k for k in rank0["params"] if not torch.equal(rank0["params"][k], rank1["params"][k])]
@@ -71,6 +71,6 @@ def test_without_the_explicit_allreduce_processes_diverge_and_the_checksum_says_
 def test_single_process_helpers_are_no_ops():
     param = torch.nn.Parameter(torch.ones(3))
     param.grad = torch.full((3,), 2.0)
-    assert allreduce_gradients([param]) == 0
+    assert sync_gradients([param], 1) == 0
     assert torch.equal(param.grad, torch.full((3,), 2.0))
     check_replicas_in_sync({"p": param})  # nothing to compare with

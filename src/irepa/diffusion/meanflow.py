@@ -20,7 +20,7 @@ summed over ``(C, H, W)``, adaptively weighted ``L / sg((L + c)^p)`` with ``c = 
 Why the JVP is done the way it is (prior-implementations §8, §13 item 17):
 
 - on the *unwrapped* module: ``torch.func.jvp`` through a DDP wrapper bypasses DDP's gradient hooks, so gradients
-  are not all-reduced; the trainer all-reduces them explicitly (:func:`irepa.training.distributed.allreduce_gradients`);
+  are not all-reduced; the trainer all-reduces them explicitly (:func:`irepa.training.distributed.sync_gradients`);
 - in float32 (autocast off): forward-mode AD in bf16/fp16 makes the target noisy;
 - under :func:`irepa.models.layers.math_attention`: the fused flash / memory-efficient SDPA kernels have no
   forward-mode AD.

@@ -18,7 +18,7 @@ generators are seeded with ``seed + rank`` (the official recipes' convention) fo
 **Explicit gradient synchronization.** Objectives that differentiate through :func:`torch.func.jvp` (MeanFlow) must
 call the *unwrapped* module, which bypasses DDP's gradient hooks: without further action every process silently
 steps with its own gradients (the bug of the public MeanFlow ports, prior-implementations §13). They call
-:func:`allreduce_gradients` after the last backward of a step (bucketed all-reduce, averaged over processes), and
+:func:`sync_gradients` after the last backward of a step (bucketed all-reduce, averaged over processes), and
 :func:`check_replicas_in_sync` periodically verifies that the processes still hold identical tensors.
 """
 
@@ -38,13 +38,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ReplicaDivergenceError",
-    "allreduce_gradients",
     "capture_rng_state",
     "check_replicas_in_sync",
     "make_accelerator",
     "per_device_batch_size",
     "restore_rng_state",
     "seed_everything",
+    "sync_gradients",
 ]
 
 
@@ -161,7 +161,7 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 # ----------------------------------------------------------------------------------------------------------------------
 # Explicit gradient synchronization (objectives that bypass DDP)
 
-#: Default bucket size of :func:`allreduce_gradients` (DDP's default ``bucket_cap_mb``).
+#: Default bucket size of :func:`sync_gradients` (DDP's default ``bucket_cap_mb``).
 GRAD_BUCKET_MB = 25.0
 
 
@@ -177,24 +177,29 @@ def _world(group: Any = None) -> int:
     return dist.get_world_size(group)
 
 
-def allreduce_gradients(
-    params: Iterable[torch.nn.Parameter], *, bucket_mb: float = GRAD_BUCKET_MB, group: Any = None
+def sync_gradients(
+    params: Iterable[torch.nn.Parameter],
+    world_size: int,
+    *,
+    bucket_mb: float = GRAD_BUCKET_MB,
+    group: Any = None,
 ) -> int:
-    """Average the gradients of ``params`` over the processes: flatten into buckets, all-reduce, unflatten.
+    """Average the gradients of ``params`` over the processes, in place: flatten into buckets, all-reduce, unflatten.
 
-    Call it on every process after the step's last backward (and before clipping). Gradients are packed, in
-    parameter order, into flat buckets of about ``bucket_mb`` MiB per (device, dtype), each bucket is summed with
-    one ``all_reduce`` and divided by the world size, and the results are copied back: a handful of collectives per
-    step instead of one per parameter. Afterwards every process holds bit-identical gradients.
+    What DDP's backward hooks do, for objectives that cannot use them (a ``torch.func.jvp`` through the unwrapped
+    module). Call it on every process once per optimizer step, after the *last* micro-batch's backward (the
+    micro-batches' gradients are summed locally first, as under ``no_sync``), before clipping. Gradients are packed,
+    in parameter order, into flat buckets of about ``bucket_mb`` MiB per (device, dtype); each bucket is summed by
+    one ``all_reduce`` and divided by the world size, and copied back: a handful of collectives per step instead of
+    one per parameter. Afterwards every process holds bit-identical gradients.
 
     A parameter whose gradient is ``None`` on some processes but not on others gets a zero gradient where it was
-    missing (its average is then correct); one whose gradient is ``None`` everywhere stays ``None``, as in a
+    missing (its average is then right); one whose gradient is ``None`` everywhere stays ``None``, as in a
     one-process run. Agreeing on that costs one small extra all-reduce.
-
-    Without an initialized process group, or with one process, nothing happens.
 
     Args:
         params: The trained parameters, in the same order on every process.
+        world_size: Number of processes (nothing happens for 1).
         bucket_mb: Bucket size in MiB (a bucket holds at least one gradient).
         group: The process group (default: the world).
 
@@ -203,9 +208,8 @@ def allreduce_gradients(
     """
     import torch.distributed as dist
 
-    world = _world(group)
     params = [p for p in params if p.requires_grad]
-    if world == 1 or not params:
+    if world_size <= 1 or not params:
         return 0
     if bucket_mb <= 0:
         raise IrepaError(f"bucket_mb must be > 0, got {bucket_mb}")
@@ -218,7 +222,7 @@ def allreduce_gradients(
         if param.grad is None:
             param.grad = torch.zeros_like(param)
         if param.grad.is_sparse:
-            raise IrepaError("allreduce_gradients does not support sparse gradients")
+            raise IrepaError("sync_gradients does not support sparse gradients")
         grads.setdefault((param.grad.device, param.grad.dtype), []).append(param.grad)
     limit = int(bucket_mb * 2**20)
     buckets = 0
@@ -233,7 +237,7 @@ def allreduce_gradients(
             if bucket:
                 flat = torch.cat([g.reshape(-1) for g in bucket])
                 dist.all_reduce(flat, group=group)
-                flat.div_(world)
+                flat.div_(world_size)
                 for g, chunk in zip(bucket, flat.split([g.numel() for g in bucket]), strict=True):
                     g.copy_(chunk.view_as(g))
                 buckets += 1
@@ -285,5 +289,5 @@ def check_replicas_in_sync(
             at = f" at step {step}" if step is not None else ""
             raise ReplicaDivergenceError(
                 f"the {world} processes hold different {what}{at} (first: {name!r}, rank 0 vs rank {rank}): they "
-                "are not synchronized; an objective that bypasses DDP must call allreduce_gradients after backward"
+                "are not synchronized; an objective that bypasses DDP must call sync_gradients after backward"
             )

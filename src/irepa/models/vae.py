@@ -229,7 +229,7 @@ def _summary(config: Mapping[str, Any]) -> str:
 
 
 def diffusers_vae_config(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-    """The AutoencoderKL kwargs of a diffusers-layout VAE state dict, read from its shapes (e.g. a checkpoint's ``vae``).
+    """AutoencoderKL kwargs of a diffusers-layout VAE state dict, read from its shapes (e.g. a checkpoint's ``vae``).
 
     GroupNorm groups cannot be read from shapes; 32 is assumed (every architecture of :data:`VAE_ARCHITECTURES`).
 

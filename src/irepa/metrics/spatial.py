@@ -762,7 +762,7 @@ def correlogram(
     with torch.autocast(device_type=tokens.device.type, enabled=False), torch.no_grad():
         for start in range(0, batch, chunk_size):
             chunk = _Chunk(tokens[start : start + chunk_size].to(dtype), geometry, None, 1e-8, start)
-            parts.append(chunk.distance_sums / geometry.counts.to(dtype))
+            parts.append((chunk.distance_sums / geometry.counts).to(dtype))  # float64 sums, float32 means
     return torch.cat(parts), geometry.counts.clone()
 
 

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
-import socket
-
 import pytest
 import torch
 from torch import nn
@@ -154,41 +151,3 @@ def test_several_phases_need_manual_grad_sync(tmp_path, pixel_store, pixel_overr
     cfg = resolve_config(overrides=pixel_overrides(pixel_store, "objective.name=test-two-phase-unsynced"))
     with pytest.raises(IrepaError, match="must set manual_grad_sync"):
         Trainer(cfg, tmp_path)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Manual gradient sync
-
-
-def _sync_worker(rank: int, world: int, port: int, out: str) -> None:
-    import torch.distributed as dist
-
-    from irepa.training.distributed import sync_gradients
-
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    try:
-        params = [nn.Parameter(torch.zeros(3, 2)), nn.Parameter(torch.zeros(5)), nn.Parameter(torch.zeros(4))]
-        params[0].grad = torch.full((3, 2), float(rank + 1))
-        params[1].grad = torch.arange(5.0) * (rank + 1)
-        # params[2] has no gradient on rank 0 only: it counts as zeros there.
-        if rank == 1:
-            params[2].grad = torch.ones(4)
-        sync_gradients(params, world, bucket_mb=16 / 2**20)  # 16-byte buckets: several all-reduces
-        torch.save([p.grad for p in params], f"{out}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
-def test_sync_gradients_averages_over_processes(tmp_path):
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    mp.spawn(_sync_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
-    for rank in range(2):
-        grads = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
-        assert torch.equal(grads[0], torch.full((3, 2), 1.5))
-        assert torch.equal(grads[1], torch.arange(5.0) * 1.5)
-        assert torch.equal(grads[2], torch.full((4,), 0.5))

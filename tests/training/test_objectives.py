@@ -41,7 +41,11 @@ class TwoPhaseObjective(DenoisingObjective):
         }
 
     def phases(self):
-        return [Phase("critic", self.critic_loss, "critic"), Phase("main", self.loss, "sit")]
+        # The critic starts at step 1 (like a discriminator that starts late): skipped at step 0.
+        return [
+            Phase("critic", self.critic_loss, "critic", active=lambda step: step >= 1),
+            Phase("main", self.loss, "sit"),
+        ]
 
     def critic_loss(self, batch, draws, step):
         x0 = self.data.model_input(batch, draws.get("eps"))
@@ -146,6 +150,11 @@ def test_two_phases_step_two_optimizers_and_resume_exactly(tmp_path, pixel_store
     for part in ("optimizer.critic.pt", "optimizer.main.pt"):
         a, b = (torch.load(f / part, weights_only=True)["state"] for f in (folder, resumed))
         assert all(torch.equal(a[i]["exp_avg"], b[i]["exp_avg"]) for i in a), part
+    steps = {
+        p: int(torch.load(folder / p, weights_only=True)["state"][0]["step"])
+        for p in ("optimizer.critic.pt", "optimizer.main.pt")
+    }
+    assert steps == {"optimizer.critic.pt": 3, "optimizer.main.pt": 4}  # the inactive phase did not step
 
 
 def test_several_phases_need_manual_grad_sync(tmp_path, pixel_store, pixel_overrides):

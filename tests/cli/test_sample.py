@@ -61,7 +61,10 @@ def test_sample_writes_adm_npz_and_recipe_card(run_cli, snapshot, tmp_path):
     assert card["sampler"] == {
         "name": "sde", "steps": 4, "nfe_per_sample": 4, "cfg_scale": 1.5, "guidance_interval": [0.0, 0.7],
         "null_label": 10, "heun_guidance_time": None, "sde_last_time": 0.04, "dtype": "float32",
+        "quantize": "truncate",
     }  # fmt: skip
+    assert card["seeds"]["per_sample"] == "torch.Generator (CPU) seeded with (index + seed * 0x9E3779B9) mod 2**32"
+    assert card["snapshot"]["prediction"] == "v"  # a snapshot without a prediction type is a velocity model
     assert card["labels"]["scheme"] == "balanced" and card["num_samples"] == 6 and card["vae"] is None
     assert card["seeds"]["seed"] == 0
     assert not (tmp_path / "samples.npz.work").exists()
@@ -98,15 +101,17 @@ class _no_process_group:
         self.mp = mp
 
     def __enter__(self):
-        import irepa.cli.sample as sample
+        import os
 
-        def init(self, env):
-            self.world_size, self.rank, self.local_rank = int(env["WORLD_SIZE"]), int(env["RANK"]), 0
-            self.initialized = False
+        from irepa.training.distributed import ProcessGroup
 
-        self.mp.setattr(sample._Dist, "__init__", init)
-        self.mp.setattr(sample._Dist, "barrier", lambda self: None)
-        self.mp.setattr(sample._Dist, "all_ok", lambda self, ok: ok)
+        def start(cls, device="auto", *, expected_world_size=None):
+            assert expected_world_size == int(os.environ["WORLD_SIZE"])
+            return cls(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), 0, torch.device("cpu"), None)
+
+        self.mp.setattr(ProcessGroup, "start", classmethod(start))
+        self.mp.setattr(ProcessGroup, "barrier", lambda self: None)
+        self.mp.setattr(ProcessGroup, "all_ok", lambda self, ok: ok)
         return self
 
     def __exit__(self, *exc):
@@ -242,3 +247,13 @@ def test_latent_snapshot_decodes_through_the_vae(run_cli, tmp_path):
     card = json.loads((tmp_path / "latent.recipe.json").read_text())
     assert card["vae"]["id"] == "stabilityai/sd-vae-ft-ema" and card["snapshot"]["space"]["kind"] == "latent"
     assert card["vae"]["weights"] == str(vae_dir)
+
+
+def test_quantize_round_is_truncate_plus_at_most_one_level(run_cli, snapshot, tmp_path):
+    a, b = tmp_path / "t.npz", tmp_path / "r.npz"
+    assert run_cli(*base_args(snapshot, a)).code == 0
+    assert run_cli(*base_args(snapshot, b), "--quantize", "round").code == 0
+    with np.load(a) as za, np.load(b) as zb:
+        diff = zb["arr_0"].astype(int) - za["arr_0"].astype(int)
+    assert diff.min() >= 0 and diff.max() == 1 and 0.3 < diff.mean() < 0.7  # about half a grey level
+    assert json.loads((tmp_path / "r.recipe.json").read_text())["sampler"]["quantize"] == "round"

@@ -33,6 +33,10 @@ def test_steps_override_keeps_the_number_of_evaluations():
 def test_round_trip_and_validation():
     s = quick_settings(seed=2)
     assert DemoSettings.from_dict(s.to_dict()) == s
+    assert s.fd.quantize == "truncate"
+    old = s.to_dict()
+    del old["fd"]["quantize"]  # demo.json written before the setting existed: sampled with rounding
+    assert DemoSettings.from_dict(old).fd.quantize == "round"
     with pytest.raises(IrepaError, match="not readable by this irepa version"):
         DemoSettings.from_dict({**s.to_dict(), "unknown": 1})
     with pytest.raises(IrepaError, match="--seed must be >= 0"):

@@ -11,12 +11,12 @@ from torch import nn
 from irepa.config import to_dict
 from irepa.errors import ConfigError, IrepaError
 from irepa.training.config import check_resume_compatible, resolve_config
-from irepa.training.objectives import OBJECTIVES, DenoisingObjective, NoSettings, OptimizerSpec, Phase
+from irepa.training.objectives import OBJECTIVES, DenoisingObjective, DenoisingSettings, OptimizerSpec, Phase
 from irepa.training.trainer import Trainer
 
 
 @dataclasses.dataclass(frozen=True)
-class CriticSettings:
+class CriticSettings(DenoisingSettings):
     critic_lr: float = 1e-2
 
 
@@ -67,13 +67,13 @@ OBJECTIVES.register("test-two-phase-unsynced", UnsyncedTwoPhase)
 
 def test_objective_section_defaults_to_denoising_and_is_typed(pixel_store, pixel_overrides):
     cfg = resolve_config(overrides=pixel_overrides(pixel_store))
-    assert cfg.objective.name == "denoising" and isinstance(cfg.objective.settings, NoSettings)
-    assert to_dict(cfg)["objective"] == {"name": "denoising"}
+    assert cfg.objective.name == "denoising" and isinstance(cfg.objective.settings, DenoisingSettings)
+    assert cfg.objective.settings.prediction == "v"
     cfg = resolve_config(
         overrides=pixel_overrides(pixel_store, "objective.name=test-two-phase", "objective.critic_lr=3")
     )
     assert cfg.objective.settings == CriticSettings(critic_lr=3.0)
-    assert to_dict(cfg)["objective"] == {"name": "test-two-phase", "critic_lr": 3.0}
+    assert to_dict(cfg)["objective"] == {"name": "test-two-phase", "prediction": "v", "t_eps": 0.05, "critic_lr": 3.0}
     with pytest.raises(ConfigError, match=r"unknown objective 'denoisng'; did you mean 'denoising'"):
         resolve_config(overrides=pixel_overrides(pixel_store, "objective.name=denoisng"))
     with pytest.raises(ConfigError, match=r"unknown config key 'objective.critic_lr'"):
@@ -161,3 +161,25 @@ def test_several_phases_need_manual_grad_sync(tmp_path, pixel_store, pixel_overr
     cfg = resolve_config(overrides=pixel_overrides(pixel_store, "objective.name=test-two-phase-unsynced"))
     with pytest.raises(IrepaError, match="must set manual_grad_sync"):
         Trainer(cfg, tmp_path)
+
+
+def test_old_objective_sections_take_the_new_defaults(pixel_store, pixel_overrides):
+    cfg = resolve_config(overrides=pixel_overrides(pixel_store))
+    assert to_dict(cfg)["objective"] == {"name": "denoising", "prediction": "v", "t_eps": 0.05}
+    old = to_dict(cfg)
+    old["objective"] = {"name": "denoising"}  # written before the denoising settings existed
+    assert check_resume_compatible(old, cfg, where="old run") == {}
+    xpred = resolve_config(overrides=pixel_overrides(pixel_store, "objective.prediction=x"))
+    with pytest.raises(ConfigError, match=r"objective\.prediction: 'v' -> 'x'"):
+        check_resume_compatible(old, xpred, where="old run")
+
+
+def test_x_prediction_trains_and_its_snapshot_samples_through_the_adapter(tmp_path, pixel_store, pixel_overrides):
+    from irepa.diffusion.generate import SamplingSettings, SnapshotSampler
+
+    overrides = pixel_overrides(pixel_store, "objective.prediction=x", "align.encoders=[]", "train.max_steps=2")
+    _, result = _fit(tmp_path, overrides)
+    sampler, meta = SnapshotSampler.load(result.snapshot)
+    assert meta["diffusion"] == {"path": "linear", "prediction": "x", "t_eps": 0.05}
+    out = sampler.generate([0, 1], torch.tensor([0, 1]), SamplingSettings(sampler="euler", steps=2))
+    assert out.finite.all() and out.images.shape == (2, 3, 32, 32)

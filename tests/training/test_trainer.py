@@ -6,6 +6,7 @@ import errno
 import json
 import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -312,3 +313,24 @@ def test_diverged_processes_are_detected_before_writing(tmp_path, pixel_store, p
     with pytest.raises(IrepaError, match="2 processes hold different weights at step 0: they are not synchronized"):
         trainer.save_checkpoint()
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_previews_sample_the_ema_model_through_the_generation_loop(tmp_path, pixel_store, pixel_overrides):
+    from PIL import Image
+
+    overrides = pixel_overrides(
+        pixel_store, "train.max_steps=2", "train.preview_every_steps=1", "train.preview_samples=4"
+    )
+    fit(tmp_path, overrides)
+    files = sorted(p.name for p in (tmp_path / "previews").iterdir())
+    assert files == ["step-0000001.png", "step-0000002.png"]
+    grid = np.asarray(Image.open(tmp_path / "previews" / "step-0000002.png"))
+    assert grid.shape == (2 * 33 - 1, 2 * 33 - 1, 3) and grid.std() > 0  # 2 x 2 samples of 32 px, 1 px gaps
+    # The same samples as the library loop on the EMA snapshot written at the same step.
+    from irepa.diffusion.generate import SamplingSettings, SnapshotSampler
+    from irepa.diffusion.samplers import sample_labels
+
+    sampler, _ = SnapshotSampler.load(tmp_path / "snapshots" / "ema-0000002.safetensors")
+    labels = sample_labels(4, 4, "balanced", 0)
+    images = sampler.generate(range(4), labels, SamplingSettings(sampler="euler", steps=50, cfg_scale=4.0)).images
+    assert np.array_equal(grid[:32, :32], images[0].permute(1, 2, 0).numpy())

@@ -15,6 +15,7 @@ command continues the newest unfinished demo with the same settings in ``OUT`` (
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -58,6 +59,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="training steps per run (default: the mode's; FD at as many checkpoints as the mode has)",
+    )
+    parser.add_argument(
+        "--quantize",
+        choices=("truncate", "round"),
+        default=None,
+        help="uint8 quantization of the FD samples: truncate (default, as irepa sample) or round (the published "
+        "demo numbers)",
     )
     parser.add_argument("--resume", type=Path, default=None, metavar="DIR", help="continue the demo in DIR")
     parser.add_argument("--fresh", action="store_true", help="start a new demo even if an unfinished one matches")
@@ -104,8 +112,6 @@ def _log(message: str) -> None:
 
 
 def _run_teacher(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from irepa.demo.teachers import RECIPES, TEACHER_KINDS, train_teacher
 
     kinds = TEACHER_KINDS if args.kind == "all" else (args.kind,)
@@ -166,7 +172,10 @@ def _settings(args: argparse.Namespace):
 
     mode = "quick" if args.quick else "study" if args.study else "full"
     if args.resume is None:
-        return settings_for(mode, seed=args.seed if args.seed is not None else 0, steps=args.steps)
+        settings = settings_for(mode, seed=args.seed if args.seed is not None else 0, steps=args.steps)
+        if args.quantize is not None:
+            settings = dataclasses.replace(settings, fd=dataclasses.replace(settings.fd, quantize=args.quantize))
+        return settings
     record = args.resume / "demo.json"
     if not record.is_file():
         raise IrepaError(f"--resume {args.resume}: no demo.json there; pass the run directory a demo printed")
@@ -175,10 +184,12 @@ def _settings(args: argparse.Namespace):
     except (OSError, json.JSONDecodeError, KeyError) as exc:
         raise IrepaError(f"--resume {args.resume}: cannot read demo.json ({exc})") from exc
     given = {"mode": mode if (args.quick or args.study) else None, "seed": args.seed, "steps": args.steps}
+    found = {"mode": settings.mode, "seed": settings.seed, "steps": settings.steps, "quantize": settings.fd.quantize}
+    given["quantize"] = args.quantize
     for key, value in given.items():
-        if value is not None and value != getattr(settings, key):
+        if value is not None and value != found[key]:
             raise IrepaError(
-                f"--resume {args.resume}: the demo there has {key}={getattr(settings, key)!r}, not {value!r}; drop "
+                f"--resume {args.resume}: the demo there has {key}={found[key]!r}, not {value!r}; drop "
                 f"the option or start a new demo"
             )
     return settings

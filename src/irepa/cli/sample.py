@@ -4,12 +4,14 @@ r"""``irepa sample``: generate samples from an inference snapshot into an ADM-fo
 
     irepa sample --snapshot model.safetensors --num-samples 50000 --out samples.npz \\
         [--sampler sde --steps 250 --cfg-scale 1.0 --guidance-low 0 --guidance-high 1] \\
-        [--labels random|balanced --seed 0 --batch-size 64] [--vae ID --vae-weights DIR]
+        [--labels random|balanced --seed 0 --batch-size 64 --quantize truncate|round] [--vae ID --vae-weights DIR]
     torchrun --nproc_per_node 8 -m irepa sample ...        # or: accelerate launch -m irepa sample ...
 
-Sample ``i`` gets its own ``torch.Generator`` seeded with ``generator_seed(seed, i)`` (initial noise first, then
-the SDE's per-step noise) and label ``labels[i]`` of the run-wide label plan, so the result is identical for any
-batch size and any number of processes. Rank ``r`` of ``W`` takes indices ``r, r + W, r + 2W, ...``.
+The samples come from the library's generation loop (:mod:`irepa.diffusion.generate`): sample ``i`` gets its own
+generator (initial noise first, then the SDE's per-step noise) and label ``labels[i]`` of the run-wide label plan, so
+the result is identical for any batch size and any number of processes; the snapshot's prediction type is converted
+to the sampler's velocity there. This command parses and checks the arguments, splits the indices over the
+processes (rank ``r`` of ``W`` takes ``r, r + W, r + 2W, ...``) and keeps the output resumable.
 
 Decoded uint8 images go straight into a memory-mapped work folder (``OUT.work/``) and are assembled into
 ``OUT`` (``arr_0`` NHWC uint8 + ``labels``) at the end: no PNG round trip, never two copies in memory. Interrupted?
@@ -24,9 +26,8 @@ import dataclasses
 import os
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -34,7 +35,7 @@ import torch
 from irepa.errors import IrepaError
 
 if TYPE_CHECKING:
-    from irepa.diffusion.paths import InterpolationPath
+    from irepa.diffusion.generate import SamplingSettings, SnapshotSampler
     from irepa.metrics.generative.npz import IndexedImageWriter
 
 #: Format tag of the recipe card written beside the samples.
@@ -89,6 +90,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default="float32",
         help="model forward precision via autocast (default float32; reduced precision changes FID)",
     )
+    parser.add_argument(
+        "--quantize",
+        choices=("truncate", "round"),
+        default="truncate",
+        help="uint8 quantization: truncate (ADM and the official generate.py; default) or round (nearest level)",
+    )
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda:LOCAL_RANK if available)")
     parser.add_argument("--vae", default=None, help="VAE id for latent snapshots (default: the snapshot's VAE)")
     parser.add_argument("--vae-weights", type=Path, metavar="DIR", help="local VAE folder (config.json + weights)")
@@ -116,6 +123,7 @@ class SampleRecipe:
     seed: int
     dtype: str
     vae: str | None
+    quantize: str = "truncate"
 
     def __post_init__(self) -> None:
         if self.num_samples < 1:
@@ -128,41 +136,21 @@ class SampleRecipe:
         if self.seed < 0:
             raise IrepaError(f"--seed must be >= 0, got {self.seed}")
 
+    @property
+    def settings(self) -> SamplingSettings:
+        """The library's sampling settings of this recipe."""
+        from irepa.diffusion.generate import SamplingSettings
 
-def nfe_per_sample(sampler: str, steps: int) -> int:
-    """Velocity evaluations per sample (a guided evaluation runs a doubled batch but counts once)."""
-    return 2 * steps - 1 if sampler == "heun" else steps
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Decoding
-
-
-def pixel_decoder(x: torch.Tensor) -> torch.Tensor:
-    """Pixel-space model output in [-1, 1] (B, 3, H, W) → uint8 (the ADM/REPA convention, rounded)."""
-    return ((x.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-
-
-def build_decoder(space: dict[str, Any], args: argparse.Namespace, device: str):
-    """Return ``(decode(x) -> uint8 (B, 3, H, W), vae_id | None)`` for the snapshot's data space."""
-    if space["kind"] == "pixel":
-        return pixel_decoder, None
-    try:
-        from irepa.data.latents import LatentNormalization
-        from irepa.data.vae import load_vae
-    except ImportError as exc:
-        raise IrepaError(
-            "this snapshot samples in VAE latent space, but this installation lacks irepa.data.vae; install the "
-            "[vae] extra"
-        ) from exc
-    vae_id = args.vae or space.get("vae")
-    vae = load_vae(vae_id, weights=args.vae_weights, offline=args.offline, device=device)
-    norm = LatentNormalization.from_dict(space["normalization"])
-
-    def decode(z: torch.Tensor) -> torch.Tensor:
-        return vae.decode(norm.denormalize(z))
-
-    return decode, vae.name
+        return SamplingSettings(
+            sampler=self.sampler,
+            steps=self.steps,
+            cfg_scale=self.cfg_scale,
+            guidance_interval=self.guidance_interval,
+            heun_guidance_time=self.heun_guidance_time,
+            seed=self.seed,
+            dtype=self.dtype,
+            quantize=self.quantize,
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -170,19 +158,15 @@ def build_decoder(space: dict[str, Any], args: argparse.Namespace, device: str):
 
 
 def generate_shard(
-    velocity_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
-    path: InterpolationPath,
-    decode: Callable[[torch.Tensor], torch.Tensor],
-    writer: IndexedImageWriter,
+    sampler: SnapshotSampler,
+    settings: SamplingSettings,
     labels: torch.Tensor,
-    recipe: SampleRecipe,
+    writer: IndexedImageWriter,
     *,
-    latent_shape: tuple[int, ...],
-    null_label: int | None,
+    num_samples: int,
     rank: int,
     world_size: int,
     batch_size: int,
-    device: str,
     progress: bool = False,
 ) -> int:
     """Generate the pending samples of rank ``rank`` (indices ``rank, rank + W, ...``) into ``writer``.
@@ -190,11 +174,7 @@ def generate_shard(
     Returns:
         The number of samples this call generated.
     """
-    from irepa.diffusion.samplers import SAMPLERS, sample_generators
-
-    sampler = SAMPLERS.get(recipe.sampler)
-    options = {"heun_guidance_time": recipe.heun_guidance_time} if recipe.sampler == "heun" else {}
-    todo = writer.pending(np.arange(rank, recipe.num_samples, world_size))
+    todo = writer.pending(np.arange(rank, num_samples, world_size))
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -202,26 +182,8 @@ def generate_shard(
         bar = tqdm(total=len(todo), desc=f"sampling (rank {rank})", unit="img")
     for start in range(0, len(todo), batch_size):
         indices = todo[start : start + batch_size]
-        gens = sample_generators(indices.tolist(), recipe.seed)
-        # Each sample's generator draws its initial noise first, then (SDE) its per-step noise.
-        noise = torch.stack([torch.randn(latent_shape, generator=g) for g in gens]).to(device)
-        y = labels[torch.from_numpy(indices)].to(device)
-        result = sampler(
-            velocity_fn,
-            path,
-            noise,
-            y,
-            num_steps=recipe.steps,
-            cfg_scale=recipe.cfg_scale,
-            guidance_interval=recipe.guidance_interval,
-            null_label=null_label,
-            generator=gens,
-            **options,
-        )
-        x = result.samples
-        finite = torch.isfinite(x.flatten(1)).all(dim=1)
-        images = decode(torch.where(finite.view(-1, *[1] * (x.ndim - 1)), x, torch.zeros_like(x)))
-        writer.write(indices, images.permute(0, 2, 3, 1).cpu().numpy(), finite.cpu().numpy())
+        out = sampler.generate(indices.tolist(), labels[torch.from_numpy(indices)], settings)
+        writer.write(indices, out.images.permute(0, 2, 3, 1).numpy(), out.finite.numpy())
         if bar is not None:
             bar.update(len(indices))
     if bar is not None:
@@ -229,63 +191,26 @@ def generate_shard(
     return len(todo)
 
 
-class _Dist:
-    """The process group seen by this command (torchrun / accelerate launch set RANK, WORLD_SIZE, LOCAL_RANK)."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.world_size = int(env.get("WORLD_SIZE", "1"))
-        self.rank = int(env.get("RANK", "0"))
-        self.local_rank = int(env.get("LOCAL_RANK", "0"))
-        self.initialized = False
-        if self.world_size > 1:
-            import torch.distributed as dist
-
-            if not dist.is_initialized():
-                backend = "nccl" if torch.cuda.is_available() else "gloo"
-                if backend == "nccl":
-                    torch.cuda.set_device(self.local_rank)
-                dist.init_process_group(backend=backend)
-                self.initialized = True
-
-    def barrier(self) -> None:
-        if self.world_size > 1:
-            import torch.distributed as dist
-
-            if torch.cuda.is_available() and dist.get_backend() == "nccl":
-                dist.barrier(device_ids=[self.local_rank])
-            else:
-                dist.barrier()
-
-    def all_ok(self, ok: bool) -> bool:
-        """Whether every rank reports ``ok`` (so one rank's error stops all of them cleanly)."""
-        if self.world_size == 1:
-            return ok
-        import torch.distributed as dist
-
-        device = f"cuda:{self.local_rank}" if dist.get_backend() == "nccl" else "cpu"
-        flag = torch.tensor([0 if ok else 1], device=device)
-        dist.all_reduce(flag)
-        return int(flag.item()) == 0
-
-    def close(self) -> None:
-        if self.initialized:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
-
-
 def _work_dir(out: Path) -> Path:
     return out.with_name(out.name + ".work")
+
+
+def _launcher_world_size() -> int | None:
+    value = os.environ.get("WORLD_SIZE")
+    try:
+        return int(value) if value else None
+    except ValueError as exc:
+        raise IrepaError(f"environment variable WORLD_SIZE={value!r} is not an integer") from exc
 
 
 def run(args: argparse.Namespace) -> int:
     """Generate the samples, assemble the ``.npz`` and write the recipe card."""
     from irepa import __version__
-    from irepa.diffusion.paths import get_path
-    from irepa.diffusion.samplers import generator_seed, sample_labels
+    from irepa.diffusion.generate import SnapshotSampler
+    from irepa.diffusion.samplers import SDE_LAST_TIME, SEED_FORMULA, generator_seed, sample_labels
     from irepa.metrics.generative.evaluator import label_balance, recipe_card_path
     from irepa.metrics.generative.npz import IndexedImageWriter
-    from irepa.models.io import load_inference
+    from irepa.training.distributed import ProcessGroup
     from irepa.utils.io import sha256_file, write_json
 
     if args.batch_size < 1:
@@ -294,133 +219,137 @@ def run(args: argparse.Namespace) -> int:
         raise IrepaError(f"--out {str(args.out)!r} must end in .npz (the ADM sample format)")
     if args.out.exists() and not args.overwrite:
         raise IrepaError(f"{str(args.out)!r} exists; pass --overwrite to replace it")
-    dist = _Dist(dict(os.environ))
-    try:
-        if args.device:
-            device = args.device
-        else:
-            device = f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu"
-        started = time.time()
-        # Weights stay float32; --dtype bfloat16/float16 runs the forward under autocast (times and the sampler state
-        # stay full precision: a bf16 t would round 0.996 to 0.99609375).
-        model_dtype = getattr(torch, args.dtype)
-        model, meta = load_inference(args.snapshot, device=device, dtype=torch.float32)
-        snapshot_sha = sha256_file(args.snapshot)
-        recipe = SampleRecipe(
-            snapshot_sha256=snapshot_sha,
-            num_samples=args.num_samples,
-            sampler=args.sampler,
-            steps=args.steps,
-            cfg_scale=args.cfg_scale,
-            guidance_interval=(args.guidance_low, args.guidance_high),
-            heun_guidance_time=args.heun_guidance_time,
-            labels=args.labels,
-            seed=args.seed,
-            dtype=args.dtype,
-            vae=args.vae,
-        )
-        num_classes = int(getattr(model, "num_classes", 0))
-        null_label = getattr(model, "null_label", None) if getattr(model, "has_null_class", True) else None
-        if recipe.cfg_scale > 1 and null_label is None:
-            raise IrepaError("--cfg-scale > 1 needs a model with a null class (trained with label dropout)")
-        labels = (
-            sample_labels(recipe.num_samples, num_classes, recipe.labels, recipe.seed)
-            if num_classes > 0
-            else torch.zeros(recipe.num_samples, dtype=torch.long)  # unconditional: every label is the null label 0
-        )
-        space = meta["space"]
-        decode, vae_id = build_decoder(space, args, device)
-        latent_shape = (model.in_channels, *model.input_size)
-        probe = decode(torch.zeros(1, *latent_shape, device=device))
-        image_shape = (int(probe.shape[2]), int(probe.shape[3]), int(probe.shape[1]))
-        if image_shape[2] != 3:
-            raise IrepaError(f"decoded images have {image_shape[2]} channels; the ADM format needs RGB")
-        path = get_path(meta["diffusion"]["path"])
+    on_cpu = (args.device or "").startswith("cpu") or not torch.cuda.is_available()
+    group = ProcessGroup.start("cpu" if on_cpu else "auto", expected_world_size=_launcher_world_size())
+    # accelerate names the CPU of process r "cpu:r"; tensors and safetensors want plain "cpu".
+    device = args.device or ("cpu" if group.device.type == "cpu" else str(group.device))
+    started = time.time()
+    vae_id: list[str] = []
 
-        device_type = torch.device(device).type
+    def decoder(space):
+        try:
+            from irepa.data.vae import snapshot_decoder
 
-        @torch.no_grad()
-        def velocity(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            with torch.autocast(device_type, dtype=model_dtype, enabled=model_dtype != torch.float32):
-                return model(x, t, y).out.float()
+            decode, name = snapshot_decoder(
+                space, vae=args.vae, weights=args.vae_weights, offline=args.offline, device=device
+            )
+        except ImportError as exc:
+            raise IrepaError(
+                "this snapshot samples in VAE latent space, but this installation lacks the VAE libraries; install "
+                "the [vae] extra"
+            ) from exc
+        vae_id.append(name)
+        return decode
 
-        work = _work_dir(args.out)
-        fingerprint = dataclasses.asdict(recipe)
-        error: IrepaError | None = None
-        if dist.rank == 0:
-            try:
-                IndexedImageWriter.create(work, recipe.num_samples, image_shape, fingerprint)
-            except IrepaError as exc:
-                error = exc
-        if not dist.all_ok(error is None):
-            raise error or IrepaError("rank 0 could not prepare the work folder (see its error)")
-        writer = IndexedImageWriter.open(work)
-        generated = generate_shard(
-            velocity,
-            path,
-            decode,
-            writer,
-            labels,
-            recipe,
-            latent_shape=latent_shape,
-            null_label=null_label,
-            rank=dist.rank,
-            world_size=dist.world_size,
-            batch_size=args.batch_size,
-            device=device,
-            progress=not args.no_progress and dist.rank == 0 and sys.stderr.isatty(),
-        )
-        dist.barrier()
-        if dist.rank != 0:
-            return 0
-        writer.finalize(args.out, {"labels": labels.numpy()})
-        card = {
-            "format": RECIPE_FORMAT,
-            "irepa_version": __version__,
-            "samples": str(args.out),
-            "num_samples": recipe.num_samples,
-            "image_size": list(image_shape[:2]),
-            "snapshot": {
-                "path": str(args.snapshot),
-                "sha256": snapshot_sha,
-                "model": meta["model"],
-                "ema": meta.get("ema"),
-                "step": meta.get("step"),
-                "diffusion": meta["diffusion"],
-                "space": space,
-            },
-            "vae": None if space["kind"] == "pixel" else {"id": vae_id, "weights": str(args.vae_weights or "")},
-            "sampler": {
-                "name": recipe.sampler,
-                "steps": recipe.steps,
-                "nfe_per_sample": nfe_per_sample(recipe.sampler, recipe.steps),
-                "cfg_scale": recipe.cfg_scale,
-                "guidance_interval": list(recipe.guidance_interval),
-                "null_label": null_label,
-                "heun_guidance_time": recipe.heun_guidance_time if recipe.sampler == "heun" else None,
-                "sde_last_time": 0.04 if recipe.sampler == "sde" else None,
-                "dtype": recipe.dtype,
-            },
-            "seeds": {
-                "seed": recipe.seed,
-                "per_sample": "torch.Generator (CPU) seeded with (index + seed * 0x9E3779B9) mod 2**32",
-                "first_sample_generator_seed": generator_seed(recipe.seed, 0),
-            },
-            "labels": {"scheme": recipe.labels, "num_classes": num_classes, **label_balance(labels.numpy())},
-            "run": {
-                "world_size": dist.world_size,
-                "batch_size_per_process": args.batch_size,
-                "device": device,
-                "generated_now": generated,
-                "seconds": round(time.time() - started, 1),
-            },
-        }
-        write_json(recipe_card_path(args.out), card)
-        print(
-            f"wrote {args.out}: {recipe.num_samples} samples {image_shape[0]}x{image_shape[1]} "
-            f"({recipe.sampler}, {recipe.steps} steps, cfg {recipe.cfg_scale}); recipe card "
-            f"{recipe_card_path(args.out)}"
-        )
+    sampler, meta = SnapshotSampler.load(args.snapshot, device=device, decoder=decoder)
+    snapshot_sha = sha256_file(args.snapshot)
+    recipe = SampleRecipe(
+        snapshot_sha256=snapshot_sha,
+        num_samples=args.num_samples,
+        sampler=args.sampler,
+        steps=args.steps,
+        cfg_scale=args.cfg_scale,
+        guidance_interval=(args.guidance_low, args.guidance_high),
+        heun_guidance_time=args.heun_guidance_time,
+        labels=args.labels,
+        seed=args.seed,
+        dtype=args.dtype,
+        vae=args.vae,
+        quantize=args.quantize,
+    )
+    settings = recipe.settings
+    num_classes, null_label = sampler.num_classes, sampler.null_label
+    if recipe.cfg_scale > 1 and null_label is None:
+        raise IrepaError("--cfg-scale > 1 needs a model with a null class (trained with label dropout)")
+    labels = (
+        sample_labels(recipe.num_samples, num_classes, recipe.labels, recipe.seed)
+        if num_classes > 0
+        else torch.zeros(recipe.num_samples, dtype=torch.long)  # unconditional: every label is the null label 0
+    )
+    space = meta["space"]
+    probe = sampler.decode(torch.zeros(1, *sampler.shape, device=device)) if sampler.decode else None
+    height, width, channels = (
+        (int(probe.shape[2]), int(probe.shape[3]), int(probe.shape[1]))
+        if probe is not None
+        else (sampler.shape[1], sampler.shape[2], sampler.shape[0])
+    )
+    image_shape = (height, width, channels)
+    if channels != 3:
+        raise IrepaError(f"decoded images have {channels} channels; the ADM format needs RGB")
+
+    work = _work_dir(args.out)
+    fingerprint = dataclasses.asdict(recipe)
+    error: IrepaError | None = None
+    if group.rank == 0:
+        try:
+            IndexedImageWriter.create(work, recipe.num_samples, image_shape, fingerprint)
+        except IrepaError as exc:
+            error = exc
+    if not group.all_ok(error is None):
+        raise error or IrepaError("rank 0 could not prepare the work folder (see its error)")
+    writer = IndexedImageWriter.open(work)
+    generated = generate_shard(
+        sampler,
+        settings,
+        labels,
+        writer,
+        num_samples=recipe.num_samples,
+        batch_size=args.batch_size,
+        rank=group.rank,
+        world_size=group.world_size,
+        progress=not args.no_progress and group.rank == 0 and sys.stderr.isatty(),
+    )
+    group.barrier()
+    if group.rank != 0:
         return 0
-    finally:
-        dist.close()
+    writer.finalize(args.out, {"labels": labels.numpy()})
+    card = {
+        "format": RECIPE_FORMAT,
+        "irepa_version": __version__,
+        "samples": str(args.out),
+        "num_samples": recipe.num_samples,
+        "image_size": list(image_shape[:2]),
+        "snapshot": {
+            "path": str(args.snapshot),
+            "sha256": snapshot_sha,
+            "model": meta["model"],
+            "ema": meta.get("ema"),
+            "step": meta.get("step"),
+            "diffusion": meta["diffusion"],
+            "prediction": sampler.prediction,
+            "space": space,
+        },
+        "vae": None if space["kind"] == "pixel" else {"id": vae_id[0], "weights": str(args.vae_weights or "")},
+        "sampler": {
+            "name": recipe.sampler,
+            "steps": recipe.steps,
+            "nfe_per_sample": settings.nfe_per_sample,
+            "cfg_scale": recipe.cfg_scale,
+            "guidance_interval": list(recipe.guidance_interval),
+            "null_label": null_label,
+            "heun_guidance_time": recipe.heun_guidance_time if recipe.sampler == "heun" else None,
+            "sde_last_time": SDE_LAST_TIME if recipe.sampler == "sde" else None,
+            "dtype": recipe.dtype,
+            "quantize": recipe.quantize,
+        },
+        "seeds": {
+            "seed": recipe.seed,
+            "per_sample": SEED_FORMULA,
+            "first_sample_generator_seed": generator_seed(recipe.seed, 0),
+        },
+        "labels": {"scheme": recipe.labels, "num_classes": num_classes, **label_balance(labels.numpy())},
+        "run": {
+            "world_size": group.world_size,
+            "batch_size_per_process": args.batch_size,
+            "device": device,
+            "generated_now": generated,
+            "seconds": round(time.time() - started, 1),
+        },
+    }
+    write_json(recipe_card_path(args.out), card)
+    print(
+        f"wrote {args.out}: {recipe.num_samples} samples {image_shape[0]}x{image_shape[1]} "
+        f"({recipe.sampler}, {recipe.steps} steps, cfg {recipe.cfg_scale}, {recipe.quantize}); recipe card "
+        f"{recipe_card_path(args.out)}"
+    )
+    return 0

@@ -6,9 +6,10 @@ Conventions (REPA / iREPA / ADM):
 - Encoder input: uint8 pixels scaled to [−1, 1] (``x / 127.5 − 1``).
 - Moments: the posterior ``mean`` and ``std`` (``exp(logvar / 2)``, logvar clamped to [−30, 20] by diffusers), each
   ``(B, C, H/8, W/8)``; stores keep them concatenated along channels (mean ‖ std, REPA's layout).
-- Decoder output ``x`` in [−1, 1] → uint8 ``(x + 1) / 2 · 255``, clamped. ``quantize="round"`` (default) rounds to
-  the nearest integer; ``quantize="truncate"`` reproduces REPA/ADM sampling scripts exactly, which cast with
-  ``.to(uint8)`` (truncation, on average half a grey level darker).
+- Decoder output ``x`` in [−1, 1] → uint8 ``(x + 1) / 2 · 255``, clamped (:func:`irepa.diffusion.generate.quantize`).
+  :meth:`VAE.decode` rounds to the nearest integer by default (reconstructions); ``quantize="truncate"`` reproduces
+  REPA/ADM sampling scripts exactly, which cast with ``.to(uint8)`` (on average half a grey level darker), and is
+  what sample generation uses by default.
 
 ``stabilityai/sd-vae-ft-mse`` and ``stabilityai/sd-vae-ft-ema`` share the original KL-f8 encoder (only the decoders
 were fine-tuned), so latents encoded with either are identical; decoding differs. REPA trains on ft-mse latents
@@ -30,7 +31,16 @@ from irepa.errors import IrepaError, WeightsNotFoundError
 from irepa.models.vae import VAE_ARCHITECTURES
 from irepa.registry import Registry
 
-__all__ = ["TINY_VAE_CONFIG", "VAE", "VAES", "VAESpec", "canonical_vae_id", "load_vae", "save_random_vae"]
+__all__ = [
+    "TINY_VAE_CONFIG",
+    "VAE",
+    "VAES",
+    "VAESpec",
+    "canonical_vae_id",
+    "load_vae",
+    "save_random_vae",
+    "snapshot_decoder",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,13 +91,10 @@ def parse_dtype(name: str | torch.dtype) -> torch.dtype:
 
 
 def to_uint8(images: torch.Tensor, quantize: Literal["round", "truncate"] = "round") -> torch.Tensor:
-    """Map decoder output in [−1, 1] to uint8 [0, 255] (float32 maths; see the module docstring for ``quantize``)."""
-    x = ((images.float() + 1) * 127.5).clamp(0, 255)
-    if quantize == "round":
-        x = x.round()
-    elif quantize != "truncate":
-        raise IrepaError(f"quantize {quantize!r} is not one of 'round', 'truncate'")
-    return x.to(torch.uint8)
+    """Map decoder output in [−1, 1] to uint8 [0, 255] (:func:`irepa.diffusion.generate.quantize`)."""
+    from irepa.diffusion.generate import quantize as quantize_images
+
+    return quantize_images(images, quantize)
 
 
 class VAE(torch.nn.Module):
@@ -183,6 +190,13 @@ class VAE(torch.nn.Module):
         return posterior.mean.float(), posterior.std.float()
 
     @torch.no_grad()
+    def decode_float(self, latents: torch.Tensor) -> torch.Tensor:
+        """Decode raw (denormalized) latents ``(B, C, h, w)`` to float32 images ``(B, 3, h·8, w·8)``, about [−1, 1]."""
+        if latents.ndim != 4 or latents.shape[1] != self.latent_channels:
+            raise IrepaError(f"latents must be (B, {self.latent_channels}, h, w), got {tuple(latents.shape)}")
+        with torch.autocast(device_type=self.device.type, enabled=False):
+            return self.model.decode(latents.to(self.device, self.dtype)).sample.float()
+
     def decode(self, latents: torch.Tensor, *, quantize: Literal["round", "truncate"] = "round") -> torch.Tensor:
         """Decode raw (denormalized) latents to uint8 images.
 
@@ -194,11 +208,39 @@ class VAE(torch.nn.Module):
         Returns:
             uint8 ``(B, 3, h·8, w·8)`` on the VAE's device.
         """
-        if latents.ndim != 4 or latents.shape[1] != self.latent_channels:
-            raise IrepaError(f"latents must be (B, {self.latent_channels}, h, w), got {tuple(latents.shape)}")
-        with torch.autocast(device_type=self.device.type, enabled=False):
-            images = self.model.decode(latents.to(self.device, self.dtype)).sample
-        return to_uint8(images, quantize)
+        return to_uint8(self.decode_float(latents), quantize)  # decode_float runs without autograd
+
+
+def snapshot_decoder(
+    space: dict[str, Any],
+    *,
+    vae: str | None = None,
+    weights: str | Path | None = None,
+    offline: bool = False,
+    device: str | torch.device = "cpu",
+) -> tuple[Any, str]:
+    """The latent decoder of a latent-space snapshot, for :mod:`irepa.diffusion.generate`.
+
+    Args:
+        space: The snapshot's ``space`` entry (``vae`` id and latent ``normalization``).
+        vae: VAE id to decode with (default: the snapshot's).
+        weights: Local VAE folder.
+        offline: Never download.
+        device: Where the VAE runs.
+
+    Returns:
+        ``(decode, vae_name)``: ``decode(z (B, C, h, w)) -> images (B, 3, H, W)`` float in [−1, 1] (the training
+        normalization undone first) and the VAE's recorded id.
+    """
+    from irepa.data.latents import LatentNormalization
+
+    model = load_vae(vae or space.get("vae"), weights=weights, offline=offline, device=device)
+    norm = LatentNormalization.from_dict(space["normalization"])
+
+    def decode(z: torch.Tensor) -> torch.Tensor:
+        return model.decode_float(norm.denormalize(z))
+
+    return decode, model.name
 
 
 def _looks_like_path(name: str) -> bool:

@@ -3,8 +3,9 @@
 Everything goes through the project's real code paths at a small size:
 
 * snapshots are read with :func:`irepa.models.io.load_inference` (what ``irepa sample`` reads);
-* samples come from :mod:`irepa.diffusion.samplers` with one generator per sample index (the ``irepa sample``
-  seeding, so a sample does not depend on the batch it was drawn in) and a class-balanced label plan;
+* samples come from the library's generation loop (:mod:`irepa.diffusion.generate`, what ``irepa sample`` runs:
+  one generator per sample index, so a sample does not depend on the batch it was drawn in) with a class-balanced
+  label plan;
 * features are the CLS tokens of the shipped evaluator network (``irepa-demo-evaluator``, a zoo encoder) through
   :class:`irepa.metrics.generative.EncoderSpace`; statistics and the Fréchet distance are
   :class:`~irepa.metrics.generative.FeatureStatistics` and :func:`~irepa.metrics.generative.frechet_distance`
@@ -47,6 +48,8 @@ class SampleSettings:
         seed: Seed of the noise and label plan (the same for every run and checkpoint, so runs are compared on the
             same noise).
         batch_size: Samples per forward batch (does not change the samples).
+        quantize: uint8 quantization: ``truncate`` (default, as ADM and ``irepa sample``) or ``round`` (the
+            published demo numbers were measured with ``round``).
     """
 
     num_samples: int
@@ -55,6 +58,7 @@ class SampleSettings:
     cfg_scale: float = 1.0
     seed: int = 0
     batch_size: int = 250
+    quantize: str = "truncate"
 
 
 def feature_space(device: str | torch.device = "cpu") -> Any:
@@ -89,36 +93,22 @@ def generate_samples(
     Returns:
         ``(images uint8 (N, 3, H, W), labels (N,))``; sample ``i`` has label ``labels[i]`` of the balanced plan.
     """
-    from irepa.diffusion.paths import get_path
-    from irepa.diffusion.samplers import SAMPLERS, sample_generators, sample_labels
-    from irepa.models.io import load_inference
+    from irepa.diffusion.generate import SamplingSettings, SnapshotSampler
+    from irepa.diffusion.samplers import sample_labels
 
-    model, meta = load_inference(snapshot, device=device)
-    path = get_path(meta["diffusion"]["path"])
-    shape = (model.in_channels, *model.input_size)
+    sampler, _ = SnapshotSampler.load(snapshot, device=device)
     labels = sample_labels(settings.num_samples, num_classes, "balanced", settings.seed)
-    sampler = SAMPLERS.get(settings.sampler)
-
-    def velocity(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return model(x, t, y).out
-
+    sampling = SamplingSettings(
+        sampler=settings.sampler,
+        steps=settings.steps,
+        cfg_scale=settings.cfg_scale,
+        seed=settings.seed,
+        quantize=settings.quantize,
+    )
     out = []
     for start in range(0, settings.num_samples, settings.batch_size):
         indices = list(range(start, min(start + settings.batch_size, settings.num_samples)))
-        gens = sample_generators(indices, settings.seed)
-        noise = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(device)
-        result = sampler(
-            velocity,
-            path,
-            noise,
-            labels[indices].to(device),
-            num_steps=settings.steps,
-            cfg_scale=settings.cfg_scale,
-            null_label=model.null_label,
-            generator=gens,
-        )
-        # Pixel space: [-1, 1] → uint8 as ``irepa sample`` decodes it (round, clamp).
-        out.append(((result.samples.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu())
+        out.append(sampler.generate(indices, labels[indices], sampling).images)
     return torch.cat(out), labels
 
 
@@ -154,6 +144,7 @@ def evaluate_snapshot(
         "sampler_steps": settings.steps,
         "cfg_scale": settings.cfg_scale,
         "seed": settings.seed,
+        "quantize": settings.quantize,
         "feature_space": getattr(space, "name", EVALUATOR_ID),
         "sample_seconds": round(sample_seconds, 2),
         "seconds": round(time.perf_counter() - start, 2),

@@ -149,7 +149,8 @@ class DemoSettings:
         """
         try:
             fields = dict(data)
-            fields["fd"] = SampleSettings(**fields["fd"])
+            # demo.json files written before the quantize setting existed were sampled with rounding.
+            fields["fd"] = SampleSettings(**{"quantize": "round", **fields["fd"]})
             fields["runs"] = tuple(RunSpec(**r) for r in fields["runs"])
             return cls(**fields)
         except (KeyError, TypeError) as exc:

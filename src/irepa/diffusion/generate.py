@@ -49,7 +49,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from irepa.diffusion.paths import InterpolationPath, expand_t, get_path
+from irepa.diffusion.paths import DEFAULT_T_EPS, PREDICTION_TYPES, InterpolationPath, get_path, to_velocity
 from irepa.diffusion.samplers import SAMPLERS, VelocityFn, draw_noise, sample_generators
 from irepa.errors import IrepaError
 from irepa.registry import Registry
@@ -57,6 +57,7 @@ from irepa.registry import Registry
 __all__ = [
     "DEFAULT_T_EPS",
     "PREDICTIONS",
+    "PREDICTION_TYPES",
     "QUANTIZE_MODES",
     "Generated",
     "SamplingSettings",
@@ -67,50 +68,13 @@ __all__ = [
     "velocity_function",
 ]
 
-#: Lower bound of the divisor when converting x- or eps-predictions near t = 0 or t = 1 (JiT's t_eps).
-DEFAULT_T_EPS = 0.05
 #: uint8 quantization modes: ``truncate`` (ADM / official generate.py, default) and ``round``.
 QUANTIZE_MODES = ("truncate", "round")
 Quantize = Literal["truncate", "round"]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Prediction → velocity
-
-
-def to_velocity(
-    out: torch.Tensor,
-    x_t: torch.Tensor,
-    t: torch.Tensor,
-    *,
-    prediction: str,
-    path: InterpolationPath,
-    t_eps: float = DEFAULT_T_EPS,
-) -> torch.Tensor:
-    """Convert a model output to the velocity ``dx_t/dt`` in SiT time (formulas in the module docstring).
-
-    Args:
-        out: Model output (B, C, H, W): ``v``, ``x0_hat`` or ``eps_hat``.
-        x_t: The model's input (B, C, H, W).
-        t: SiT times (B,).
-        prediction: ``v``, ``x`` or ``eps``.
-        path: The interpolation path the model was trained on.
-        t_eps: Lower bound of ``sigma_t`` (x) or ``alpha_t`` (eps) in the division.
-
-    Returns:
-        The velocity (B, C, H, W), float32 (``out`` as is for ``v``).
-    """
-    if prediction == "v":
-        return out
-    out, x_t = out.float(), x_t.float()
-    tt = expand_t(t.float(), x_t)
-    alpha, sigma, d_alpha, d_sigma = path.alpha(tt), path.sigma(tt), path.d_alpha(tt), path.d_sigma(tt)
-    if prediction == "x":
-        return (d_sigma * x_t + (d_alpha * sigma - d_sigma * alpha) * out) / sigma.clamp_min(t_eps)
-    if prediction == "eps":
-        return (d_alpha * x_t + (d_sigma * alpha - d_alpha * sigma) * out) / alpha.clamp_min(t_eps)
-    raise IrepaError(f"unknown prediction type {prediction!r}; use v, x or eps")
-
+# Prediction → velocity (the conversion itself: irepa.diffusion.paths.to_velocity)
 
 #: Model-output adapters by prediction type: ``adapter(model, path, diffusion_meta) -> velocity_fn(x, t, y)``.
 #: Built in: ``v``, ``x``, ``eps``. A recipe whose model is not a plain ``model(x, t, y).out`` network (MeanFlow's
@@ -134,7 +98,7 @@ def _affine_adapter(prediction: str) -> Callable[[nn.Module, InterpolationPath, 
     return adapter
 
 
-for _name in ("v", "x", "eps"):
+for _name in PREDICTION_TYPES:
     PREDICTIONS.register(_name, _affine_adapter(_name))
 
 

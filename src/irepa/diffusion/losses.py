@@ -16,7 +16,7 @@ import dataclasses
 import torch
 from torch import nn
 
-from irepa.diffusion.paths import InterpolationPath
+from irepa.diffusion.paths import DEFAULT_T_EPS, InterpolationPath, to_velocity
 from irepa.errors import IrepaError
 
 __all__ = ["DenoisingResult", "denoising_loss", "drop_labels", "label_drop_mask", "velocity_loss"]
@@ -86,7 +86,7 @@ class DenoisingResult:
         y: Labels the model saw, after dropout (B,).
         x_t: Noisy inputs (B, C, H, W).
         target: Target velocities (B, C, H, W).
-        pred: Model predictions (B, C, H, W).
+        pred: Predicted velocities (B, C, H, W) (the model output converted from its prediction type).
     """
 
     denoise: torch.Tensor
@@ -108,6 +108,8 @@ def denoising_loss(
     t: torch.Tensor,
     noise: torch.Tensor,
     return_hidden: int | None = None,
+    prediction: str = "v",
+    t_eps: float = DEFAULT_T_EPS,
 ) -> DenoisingResult:
     """One evaluation of the SiT denoising objective.
 
@@ -119,6 +121,10 @@ def denoising_loss(
         t: SiT times (B,) in [0, 1] (t = 0 data, t = 1 noise).
         noise: Standard normal noise (B, C, H, W).
         return_hidden: Block (1-based) whose tokens the aligner needs.
+        prediction: What the network predicts: ``v`` (SiT), ``x`` or ``eps``. The loss is always the velocity MSE:
+            an x- or eps-prediction is converted to the velocity first (:func:`~irepa.diffusion.paths.to_velocity`,
+            clamped with ``t_eps``), JiT's "x-prediction, loss in v-space".
+        t_eps: Lower bound of the conversion's divisor.
 
     Returns:
         :class:`DenoisingResult`.
@@ -129,7 +135,8 @@ def denoising_loss(
         )
     sample = path.sample(x0, noise, t.to(x0.dtype))
     output = model(sample.x_t, t, y, return_hidden=return_hidden)
-    per_sample = velocity_loss(output.out, sample.velocity)
+    pred = to_velocity(output.out, sample.x_t, t, prediction=prediction, path=path, t_eps=t_eps)
+    per_sample = velocity_loss(pred, sample.velocity)
     return DenoisingResult(
         denoise=per_sample.mean(),
         per_sample=per_sample,
@@ -138,5 +145,5 @@ def denoising_loss(
         y=y,
         x_t=sample.x_t,
         target=sample.velocity,
-        pred=output.out,
+        pred=pred,
     )

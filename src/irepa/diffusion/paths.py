@@ -6,7 +6,8 @@
     velocity  v_t = d x_t / d t = alpha'_t * x_0 + sigma'_t * eps
 
 The network predicts ``v`` (the SiT/REPA objective); sampling integrates ``dx/dt = v`` from ``t = 1`` down to ``t = 0``.
-Recipes written in the opposite convention (JiT: ``t = 1`` clean) convert at their own boundary.
+Recipes written in the opposite convention (JiT: ``t = 1`` clean) convert at their own boundary. Networks that
+predict ``x_0`` or ``eps`` instead of ``v`` are converted to the velocity by :func:`to_velocity` (formulas there).
 
 Paths:
     ``linear``: alpha_t = 1 - t, sigma_t = t (rectified flow / SiT default; v = eps - x_0).
@@ -20,9 +21,26 @@ import math
 
 import torch
 
+from irepa.errors import IrepaError
 from irepa.registry import Registry
 
-__all__ = ["PATHS", "CosinePath", "InterpolationPath", "LinearPath", "PathSample", "expand_t", "get_path"]
+__all__ = [
+    "DEFAULT_T_EPS",
+    "PATHS",
+    "PREDICTION_TYPES",
+    "CosinePath",
+    "InterpolationPath",
+    "LinearPath",
+    "PathSample",
+    "expand_t",
+    "get_path",
+    "to_velocity",
+]
+
+#: What a network may predict: the velocity ``v``, the clean data ``x`` (JiT) or the noise ``eps``.
+PREDICTION_TYPES = ("v", "x", "eps")
+#: Lower bound of the divisor when converting x- or eps-predictions near t = 0 or t = 1 (JiT's t_eps).
+DEFAULT_T_EPS = 0.05
 
 
 def expand_t(t: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
@@ -152,3 +170,47 @@ class CosinePath(InterpolationPath):
 def get_path(name: str) -> InterpolationPath:
     """Instantiate the path registered as ``name`` (``"linear"`` or ``"cosine"``)."""
     return PATHS.get(name)()
+
+
+def to_velocity(
+    out: torch.Tensor,
+    x_t: torch.Tensor,
+    t: torch.Tensor,
+    *,
+    prediction: str,
+    path: InterpolationPath,
+    t_eps: float = DEFAULT_T_EPS,
+) -> torch.Tensor:
+    """Convert a model output to the velocity ``dx_t/dt`` in SiT time.
+
+    With ``x_t = alpha_t x0 + sigma_t eps`` and ``v = alpha'_t x0 + sigma'_t eps``:
+
+    * ``x`` (``out = x0_hat``): ``v = (sigma'_t x_t + (alpha'_t sigma_t - sigma'_t alpha_t) x0_hat) / sigma_t``;
+      on the linear path ``(x_t - x0_hat) / t``, which is JiT's ``(x0_hat - z) / (1 - t_JiT)`` with the sign of
+      the reversed time ``t_JiT = 1 - t``.
+    * ``eps`` (``out = eps_hat``): ``v = (alpha'_t x_t + (sigma'_t alpha_t - alpha'_t sigma_t) eps_hat) / alpha_t``.
+
+    The divisor vanishes at t = 0 (x) or t = 1 (eps) and is clamped from below by ``t_eps``, as JiT clamps
+    ``max(1 - t_JiT, t_eps)``; on the linear path nothing is clamped inside ``[t_eps, 1 - t_eps]``.
+
+    Args:
+        out: Model output (B, C, H, W): ``v``, ``x0_hat`` or ``eps_hat``.
+        x_t: The model's input (B, C, H, W).
+        t: SiT times (B,).
+        prediction: ``v``, ``x`` or ``eps``.
+        path: The interpolation path the model was trained on.
+        t_eps: Lower bound of ``sigma_t`` (x) or ``alpha_t`` (eps) in the division.
+
+    Returns:
+        The velocity (B, C, H, W), float32 (``out`` as is for ``v``).
+    """
+    if prediction == "v":
+        return out
+    out, x_t = out.float(), x_t.float()
+    tt = expand_t(t.float(), x_t)
+    alpha, sigma, d_alpha, d_sigma = path.alpha(tt), path.sigma(tt), path.d_alpha(tt), path.d_sigma(tt)
+    if prediction == "x":
+        return (d_sigma * x_t + (d_alpha * sigma - d_sigma * alpha) * out) / sigma.clamp_min(t_eps)
+    if prediction == "eps":
+        return (d_alpha * x_t + (d_sigma * alpha - d_alpha * sigma) * out) / alpha.clamp_min(t_eps)
+    raise IrepaError(f"unknown prediction type {prediction!r}; use v, x or eps")

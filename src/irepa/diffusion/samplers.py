@@ -50,6 +50,9 @@ from irepa.registry import Registry
 
 __all__ = [
     "SAMPLERS",
+    "SDE_LAST_TIME",
+    "SEED_FORMULA",
+    "SEED_STRIDE",
     "SamplerResult",
     "VelocityFn",
     "draw_noise",
@@ -68,7 +71,9 @@ VelocityFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 Generators = torch.Generator | Sequence[torch.Generator] | None
 
 #: Golden-ratio increment (2^32 / φ, odd): consecutive seeds start their streams far apart (see generator_seed).
-_SEED_STRIDE = 0x9E3779B9
+SEED_STRIDE = 0x9E3779B9
+#: How :func:`generator_seed` seeds sample ``index`` (recorded in recipe cards).
+SEED_FORMULA = f"torch.Generator (CPU) seeded with (index + seed * 0x{SEED_STRIDE:X}) mod 2**32"
 #: Last time of the stochastic part of the official SDE grid.
 SDE_LAST_TIME = 0.04
 
@@ -113,7 +118,7 @@ def generator_seed(seed: int, index: int) -> int:
         raise IrepaError(f"seed {seed} is negative; use a seed >= 0")
     if not 0 <= index < 2**32:
         raise IrepaError(f"sample index {index} is outside [0, 2^32)")
-    return (index + seed * _SEED_STRIDE) % 2**32
+    return (index + seed * SEED_STRIDE) % 2**32
 
 
 def sample_generators(indices: Sequence[int] | torch.Tensor, seed: int, device: str = "cpu") -> list[torch.Generator]:

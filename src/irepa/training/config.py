@@ -242,6 +242,12 @@ class TrainLoopConfig:
     """Full checkpoints kept (older ones are deleted after a successful save; snapshots are all kept)."""
     nonfinite_patience: int = 20
     """Steps with non-finite gradients are skipped and counted; this many in a row stop the run."""
+    preview_every_steps: int = 0
+    """A grid of EMA samples, ``previews/step-<step>.png``, every this many steps (0 = off): Euler, 50 steps, CFG 4.0
+    (the official in-training previews), the same noise and labels each time. Latent runs decode with the latent
+    store's VAE (from the local cache, or downloaded)."""
+    preview_samples: int = 16
+    """Samples per preview grid (class-balanced labels)."""
 
     def __post_init__(self) -> None:
         if self.max_steps < 0:
@@ -256,6 +262,8 @@ class TrainLoopConfig:
             raise ConfigError(f"train.keep_last must be >= 1, got {self.keep_last}")
         if self.nonfinite_patience < 1:
             raise ConfigError(f"train.nonfinite_patience must be >= 1, got {self.nonfinite_patience}")
+        if self.preview_every_steps < 0 or self.preview_samples < 1:
+            raise ConfigError("train.preview_every_steps must be >= 0 (0 = off) and train.preview_samples >= 1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -350,6 +358,8 @@ RESUMABLE_KEYS: tuple[str, ...] = (
     "train.snapshot_every_steps",
     "train.keep_last",
     "train.nonfinite_patience",
+    "train.preview_every_steps",
+    "train.preview_samples",
     "train.compile",
     "train.device",
     "data.images",
@@ -385,19 +395,20 @@ def is_resumable_key(key: str) -> bool:
 
 
 def _with_defaults(old: Mapping[str, Any]) -> dict[str, Any]:
-    """``old`` with the sections it lacks filled with today's defaults.
+    """``old`` with its ``objective`` section completed by today's defaults of the objective it names.
 
-    A run directory written before a section existed (e.g. ``objective:``, added with the recipe registry) then
-    compares equal to a config that sets the section to its default, so it still resumes.
+    A run directory written before the section (or one of its settings) existed then compares equal to a config
+    that sets them to their defaults, so it still resumes: no ``objective`` key means ``denoising``, and a missing
+    setting means its default (e.g. ``prediction: v``).
     """
     from irepa.config import merge
 
-    defaults = {
-        f.name: to_dict(f.default_factory())
-        for f in dataclasses.fields(TrainConfig)
-        if f.default_factory is not dataclasses.MISSING and f.name in ("objective",)
-    }
-    return merge(defaults, old)
+    section = dict(old.get("objective") or {"name": "denoising"})
+    try:
+        defaults = ObjectiveConfig.from_config_dict({"name": section.get("name", "denoising")}).to_config_dict()
+    except ConfigError:
+        return dict(old)  # an objective this version does not know: compared as it is
+    return {**old, "objective": merge(to_dict(defaults), section)}
 
 
 def check_resume_compatible(old: Mapping[str, Any], new: TrainConfig, *, where: str) -> dict[str, tuple[Any, Any]]:

@@ -24,6 +24,7 @@ steps with its own gradients (the bug of the public MeanFlow ports, prior-implem
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from accelerate import Accelerator
 
 __all__ = [
+    "ProcessGroup",
     "ReplicaDivergenceError",
     "capture_rng_state",
     "check_replicas_in_sync",
@@ -291,3 +293,49 @@ def check_replicas_in_sync(
                 f"the {world} processes hold different {what}{at} (first: {name!r}, rank 0 vs rank {rank}): they "
                 "are not synchronized; an objective that bypasses DDP must call sync_gradients after backward"
             )
+
+
+@dataclasses.dataclass
+class ProcessGroup:
+    """The processes of a command launched by ``torchrun`` / ``accelerate launch`` (e.g. ``irepa sample``).
+
+    Built on the same accelerate set-up as the trainer (:func:`make_accelerator`: gloo on CPUs, NCCL on GPUs, the
+    process-count check against the launcher's ``WORLD_SIZE``).
+
+    Attributes:
+        rank: This process's index.
+        world_size: Number of processes.
+        local_rank: Index on this node.
+        device: accelerate's device for this process (``cuda:<local_rank>`` or ``cpu``).
+        accelerator: The ``Accelerator`` (collectives).
+    """
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    accelerator: Any
+
+    @classmethod
+    def start(
+        cls, device: Literal["auto", "cpu", "cuda"] = "auto", *, expected_world_size: int | None = None
+    ) -> ProcessGroup:
+        """Join the launcher's process group (a single process without a launcher).
+
+        Raises:
+            IrepaError: ``device="cuda"`` without CUDA, or a process-count mismatch (see :func:`make_accelerator`).
+        """
+        acc = make_accelerator(device, expected_world_size=expected_world_size)
+        return cls(acc.process_index, acc.num_processes, acc.local_process_index, acc.device, acc)
+
+    def barrier(self) -> None:
+        """Wait for every process."""
+        if self.world_size > 1:
+            self.accelerator.wait_for_everyone()
+
+    def all_ok(self, ok: bool) -> bool:
+        """Whether every process reports ``ok`` (so one process's error stops all of them cleanly)."""
+        if self.world_size == 1:
+            return ok
+        flag = torch.tensor([0.0 if ok else 1.0], device=self.device)
+        return float(self.accelerator.reduce(flag, reduction="sum").item()) == 0.0

@@ -27,6 +27,7 @@ Run directory::
       config.yaml          resolved config (rewritten at each start; resuming refuses non-resumable changes)
       checkpoints/         full training state, last train.keep_last kept (see irepa.training.checkpoint)
       snapshots/           ema-<step>.safetensors: EMA inference snapshots for `irepa sample` (all kept)
+      previews/            step-<step>.png: EMA sample grids (train.preview_every_steps > 0)
       metrics.jsonl, log.txt, tensorboard/      (see irepa.training.logging)
 
 Resuming is re-running the same command: the newest readable checkpoint is loaded (falling back past corrupt ones)
@@ -244,6 +245,7 @@ class Trainer:
         self.last_checkpoint: Path | None = None
         self.last_snapshot: Path | None = None
         self._resumed_from: LoadedCheckpoint | None = None
+        self._preview_decode: Callable[[torch.Tensor], torch.Tensor] | None = None
         self._stop = StopSignal()
 
     # ------------------------------------------------------------------------------------------------------------------
@@ -330,6 +332,8 @@ class Trainer:
             Hook("snapshot", cfg.train.snapshot_every_steps, lambda t: t.save_snapshot()),
             *self.hooks,
         ]
+        if cfg.train.preview_every_steps > 0:
+            hooks.append(Hook("preview", cfg.train.preview_every_steps, lambda t: t.save_preview()))
         batches = self.data.iterator()
         self.timer.reset()
         last_log_step = self.step
@@ -636,6 +640,48 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         return path
 
+    def save_preview(self) -> Path:
+        """Write a grid of EMA samples for the current step, ``previews/step-<step>.png`` (rank 0 samples).
+
+        The library's generation loop (:mod:`irepa.diffusion.generate`) on the in-memory EMA module with the
+        snapshot's diffusion metadata: Euler, 50 steps, CFG 4.0 over the whole interval (the official previews),
+        ``train.preview_samples`` class-balanced samples with the same noise at every step (seed ``train.seed``).
+        """
+        from irepa.diffusion.generate import SamplingSettings, SnapshotSampler
+        from irepa.diffusion.samplers import sample_labels
+        from irepa.utils.io import atomic_write
+
+        cfg = self.config
+        path = self.run_dir / "previews" / f"step-{self.step:07d}.png"
+        if self.is_main:
+            spec = self.snapshot_spec
+            space = self.data.space_metadata()
+            if space["kind"] == "latent" and self._preview_decode is None:
+                from irepa.data.vae import snapshot_decoder
+
+                self._preview_decode = snapshot_decoder(space, device=self.device)[0]
+            model = self.emas[spec.module].module
+            sampler = SnapshotSampler(model, dict(spec.diffusion), space, self._preview_decode, self.device)
+            n = cfg.train.preview_samples
+            labels = (
+                sample_labels(n, sampler.num_classes, "balanced", cfg.train.seed)
+                if sampler.num_classes > 0
+                else torch.zeros(n, dtype=torch.long)
+            )
+            guided = sampler.null_label is not None
+            settings = SamplingSettings(
+                sampler="euler", steps=50, cfg_scale=4.0 if guided else 1.0, seed=cfg.train.seed
+            )
+            images = sampler.generate(range(n), labels, settings).images  # (n, 3, H, W) uint8
+            from PIL import Image
+
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_write(path, "wb") as f:
+                Image.fromarray(_grid(images)).save(f, format="PNG")
+            self.logger.info(f"preview {path}")
+        self.accelerator.wait_for_everyone()
+        return path
+
     def _resume(self) -> bool:
         """Load the newest readable checkpoint, if any. Returns whether training resumes."""
         warnings: list[str] = []
@@ -681,6 +727,18 @@ class Trainer:
         self._resumed_from = loaded
         self.last_checkpoint = loaded.path
         return True
+
+
+def _grid(images: torch.Tensor) -> Any:
+    """uint8 images (N, 3, H, W) → one (rows·(H+1) − 1, cols·(W+1) − 1, 3) uint8 mosaic, about square."""
+    n, _, h, w = images.shape
+    cols = max(1, math.ceil(math.sqrt(n)))
+    rows = math.ceil(n / cols)
+    canvas = torch.zeros(rows * (h + 1) - 1, cols * (w + 1) - 1, 3, dtype=torch.uint8)
+    for i in range(n):
+        r, c = divmod(i, cols)
+        canvas[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = images[i].permute(1, 2, 0)
+    return canvas.numpy()
 
 
 def _nonfinite_terms(terms: dict[str, torch.Tensor]) -> str:

@@ -15,11 +15,12 @@ from irepa.training.objectives.base import (
     PhaseFn,
     SnapshotSpec,
 )
-from irepa.training.objectives.denoising import DenoisingObjective, build_backbone
+from irepa.training.objectives.denoising import DenoisingObjective, DenoisingSettings, build_backbone
 
 __all__ = [
     "OBJECTIVES",
     "DenoisingObjective",
+    "DenoisingSettings",
     "NoSettings",
     "Objective",
     "ObjectiveContext",

@@ -11,7 +11,8 @@ after block ``align.depth``. Its settings live in the shared ``diffusion:`` sect
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -21,7 +22,22 @@ from irepa.errors import ConfigError, IrepaError
 from irepa.training.alignment import AlignmentTerm
 from irepa.training.objectives.base import OBJECTIVES, Objective, ObjectiveContext, SnapshotSpec, Terms
 
-__all__ = ["DenoisingObjective", "build_backbone"]
+__all__ = ["DenoisingObjective", "DenoisingSettings", "build_backbone"]
+
+
+@dataclasses.dataclass(frozen=True)
+class DenoisingSettings:
+    """Settings of the ``denoising`` objective (``objective: {name: denoising, prediction: v}``)."""
+
+    prediction: Literal["v", "x", "eps"] = "v"
+    """What the network predicts: ``v`` (SiT/REPA/iREPA), ``x`` (the clean data, as JiT) or ``eps``. The loss is the
+    velocity MSE either way (x/eps outputs are converted to the velocity first); recorded in snapshots."""
+    t_eps: float = 0.05
+    """Lower bound of the divisor in the x/eps → velocity conversion near t = 0 / t = 1 (JiT's ``t_eps``)."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.t_eps < 0.5:
+            raise ConfigError(f"objective.t_eps must be in (0, 0.5), got {self.t_eps}")
 
 
 def build_backbone(context: ObjectiveContext) -> tuple[nn.Module, dict[str, Any]]:
@@ -57,12 +73,16 @@ def build_backbone(context: ObjectiveContext) -> tuple[nn.Module, dict[str, Any]
 class DenoisingObjective(Objective):
     """Velocity regression + optional representation alignment (SiT / REPA / iREPA).
 
+    Settings: :class:`DenoisingSettings` (a subclass may extend them).
+
     Args:
         model: The velocity model ``model(x_t, t, y, return_hidden=...) -> ModelOutput`` (``irepa.models``).
         model_name: Its registry name; ``model_kwargs``: its constructor arguments (for snapshots).
         context: The build context (data for ``x0``, diffusion settings).
         alignment: The alignment term, or ``None`` to train without alignment.
     """
+
+    Settings = DenoisingSettings
 
     def __init__(
         self,
@@ -119,8 +139,11 @@ class DenoisingObjective(Objective):
         return ("model",)
 
     def snapshot(self) -> SnapshotSpec:
-        """The EMA model, predicting the velocity on ``diffusion.path``."""
-        return SnapshotSpec("model", self.model_name, self.model_kwargs, {"path": self.path_name})
+        """The EMA model: its path, prediction type (and ``t_eps`` for x/eps)."""
+        diffusion: dict[str, Any] = {"path": self.path_name, "prediction": self.settings.prediction}
+        if self.settings.prediction != "v":
+            diffusion["t_eps"] = self.settings.t_eps
+        return SnapshotSpec("model", self.model_name, self.model_kwargs, diffusion)
 
     def draw(self, global_batch: int, generator: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
         """The step's draws, in this order: ``t`` (G,), ``noise`` (G, C, h, w), ``drop`` (G,) bool.
@@ -160,6 +183,8 @@ class DenoisingObjective(Objective):
                 t=draws["t"],
                 noise=draws["noise"],
                 return_hidden=term.depth if targets is not None else None,
+                prediction=self.settings.prediction,
+                t_eps=self.settings.t_eps,
             )
             terms: Terms = {"denoise": result.denoise}
             loss = result.denoise

@@ -172,3 +172,18 @@ def test_predictions_registry_holds_the_built_in_adapters():
         fn(x, torch.tensor([0.5, 0.0]), torch.tensor([0, 1])), x / torch.tensor([0.5, 0.1]).view(-1, 1, 1, 1)
     )
     del model
+
+
+def test_noise_scale_scales_the_initial_noise():
+    class Zero(torch.nn.Module):
+        def forward(self, x, t, y):
+            return ModelOutput(torch.zeros_like(x), None)
+
+    settings = SamplingSettings(sampler="euler", steps=1, quantize="round")
+    kwargs = dict(shape=(3, 2, 2), null_label=None)
+    fn = velocity_function(Zero(), {"path": "linear"})  # v = 0: the sample is the initial noise
+    one = generate(fn, get_path("linear"), [0], torch.tensor([0]), settings, **kwargs)
+    half = generate(fn, get_path("linear"), [0], torch.tensor([0]), settings, noise_scale=0.5, **kwargs)
+    noise = torch.randn(3, 2, 2, generator=torch.Generator().manual_seed(0))  # sample 0, seed 0
+    assert torch.equal(one.images[0], quantize(noise[None], "round")[0])
+    assert torch.equal(half.images[0], quantize(0.5 * noise[None], "round")[0])

@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "probe": ("irepa.cli.probe", "linear probing (global information) on extracted features"),
     "data": ("irepa.cli.data", "prepare image stores (ADM centre crop) and encode VAE latents"),
     "convert": ("irepa.cli.convert", "convert official REPA / iREPA / REPA-E checkpoints to safetensors"),
+    "export-vae": ("irepa.cli.export_vae", "write the tuned VAE of an end-to-end (REPA-E) run as a diffusers folder"),
 }
 
 

@@ -30,7 +30,9 @@ def _lpips_files(root: Path) -> tuple[Path, Path]:
 
     trunk = make_layers(cfgs["D"]).state_dict()
     torch.save({f"features.{k}": v for k, v in trunk.items()}, root / "vgg16.pth")
-    torch.save({f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1) for i, c in enumerate(LPIPS_CHANNELS)}, root / "vgg.pth")
+    torch.save(
+        {f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1) for i, c in enumerate(LPIPS_CHANNELS)}, root / "vgg.pth"
+    )
     return root / "vgg16.pth", root / "vgg.pth"
 
 
@@ -113,8 +115,15 @@ def main(quick: bool = False) -> dict:
         print(f"{r['step']:<7} {r['step_ms']:>10.1f} ms/step {r['img_per_s']:>8.3f} img/s", flush=True)
     return {
         "device": f"cpu ({torch.get_num_threads()} threads)",
-        "setting": {"resolution": resolution, "vae": vae_arch, "model": model, "model_overrides": model_overrides,
-                    "batch": batch, "precision": "fp32", **sizes},  # fmt: skip
+        "setting": {
+            "resolution": resolution,
+            "vae": vae_arch,
+            "model": model,
+            "model_overrides": model_overrides,
+            "batch": batch,
+            "precision": "fp32",
+            **sizes,
+        },
         "timing": f"median of {steps} Trainer.train_step calls after {warmup} warm-up step(s)",
         "rows": rows,
         "repae_over_sit": round(seconds["repa-e"] / seconds["sit"], 1),

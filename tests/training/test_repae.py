@@ -22,7 +22,9 @@ def lpips_files(tmp_path_factory) -> tuple[Path, Path]:
     torch.manual_seed(0)
     trunk = make_layers(cfgs["D"]).state_dict()
     torch.save({f"features.{k}": v for k, v in trunk.items()}, root / "vgg16.pth")
-    torch.save({f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1) for i, c in enumerate(LPIPS_CHANNELS)}, root / "vgg.pth")
+    torch.save(
+        {f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1) for i, c in enumerate(LPIPS_CHANNELS)}, root / "vgg.pth"
+    )
     return root / "vgg16.pth", root / "vgg.pth"
 
 
@@ -97,10 +99,12 @@ def test_phases_route_gradients_as_repae(trainer):
     assert int(obj.latent_bn.bn.num_batches_tracked) == 1
 
 
-def test_train_steps_update_bn_and_the_snapshot_decodes_with_its_statistics(trainer):
+def test_train_steps_update_bn_and_the_snapshot_decodes_with_its_statistics(tmp_path, pixel_store, lpips_files):
     from irepa.data.latents import LatentNormalization
     from irepa.models.io import read_inference_metadata
 
+    overrides = repae_overrides(pixel_store, lpips_files, "train.max_steps=2", "train.checkpoint_every_steps=0")
+    trainer = Trainer(resolve_config(preset="ci-repae", overrides=overrides), tmp_path / "run")
     obj = trainer.objective
     initial = obj.latent_bn.ema_stats()
     result = trainer.fit()

@@ -61,7 +61,9 @@ def export_vae(run_dir: str | Path, out_dir: str | Path, *, step: int | None = N
     stats = None
     bn = loaded.tensors.get("latent_bn")
     if bn is not None:
-        mean, var = (bn["ema_mean"], bn["ema_var"]) if "ema_mean" in bn else (bn["bn.running_mean"], bn["bn.running_var"])
+        mean, var = (
+            (bn["ema_mean"], bn["ema_var"]) if "ema_mean" in bn else (bn["bn.running_mean"], bn["bn.running_var"])
+        )
         stats = {"mean": mean.double().tolist(), "std": var.double().sqrt().tolist()}
     out = save_vae_folder(
         model, out_dir, latent_stats=stats, source={"run_dir": str(run_dir.resolve()), "step": loaded.step}

@@ -211,6 +211,9 @@ class RepaEObjective(Objective):
         stats = stats or {"mean": [0.0] * channels, "std": [1.0] * channels}
         latent_bn = LatentBatchNorm(channels, momentum=settings.bn_momentum, mean=stats["mean"], std=stats["std"],
                                     ema_decay=cfg.train.ema_decay)  # fmt: skip
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if distributed and torch.distributed.get_world_size() > 1:
+            latent_bn.convert_sync()  # global batch statistics, as REPA-E's SyncBatchNorm
         if settings.discriminator_weights is not None:
             disc_state = load_discriminator_state(settings.discriminator_weights)
         discriminator = PatchDiscriminator()
@@ -227,10 +230,6 @@ class RepaEObjective(Objective):
         objective = cls(context, vae=vae.train(), sit=sit, sit_kwargs=dict(sit.config), latent_bn=latent_bn,
                         discriminator=discriminator, lpips=lpips, alignment=alignment)  # fmt: skip
         return objective.to(context.device)
-
-    def convert_sync_batchnorm(self) -> None:
-        """Several processes: the latent and discriminator BatchNorms become SyncBatchNorms (REPA-E converts the SiT's)."""
-        self.latent_bn.convert_sync()
 
     # -- declarations --------------------------------------------------------------------------------------------------
 
@@ -310,7 +309,7 @@ class RepaEObjective(Objective):
         }
 
     def _hidden(self, x0: torch.Tensor, y: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """SiT tokens after block ``align.depth`` for ``x_t`` (the blocks after it are not run; REPA-E ``align_only``)."""
+        """SiT tokens after block ``align.depth`` for ``x_t``; later blocks are not run (REPA-E's ``align_only``)."""
         sit = self.model
         x_t = self.path.sample(x0, noise, t).x_t
         tokens = sit.x_embedder(x_t) + sit.pos_embed.to(x_t.dtype)  # (B, T, D), as SiT.forward

@@ -213,6 +213,11 @@ class RepaEObjective(Objective):
                                     ema_decay=cfg.train.ema_decay)  # fmt: skip
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         if distributed and torch.distributed.get_world_size() > 1:
+            if torch.device(context.device).type != "cuda":
+                raise ConfigError(
+                    "objective repa-e with several processes needs CUDA devices: its latent BatchNorm becomes a "
+                    "SyncBatchNorm, which PyTorch implements for CUDA only; train on one process on the CPU"
+                )
             latent_bn.convert_sync()  # global batch statistics, as REPA-E's SyncBatchNorm
         if settings.discriminator_weights is not None:
             disc_state = load_discriminator_state(settings.discriminator_weights)

@@ -263,8 +263,13 @@ class RepaEObjective(Objective):
 
     def phases(self) -> list[Phase]:
         """VAE step, discriminator step, SiT step (see the module docstring)."""
-        return [Phase("vae", self.vae_phase, "vae"), Phase("discriminator", self.discriminator_phase, "disc"),
+        return [Phase("vae", self.vae_phase, "vae"),
+                Phase("discriminator", self.discriminator_phase, "disc", active=self.gan_active),
                 Phase("model", self.sit_phase, "sit")]  # fmt: skip
+
+    def gan_active(self, step: int) -> bool:
+        """Whether the GAN terms (generator term, discriminator phase) are on at optimizer step ``step``."""
+        return self.settings.gan_weight > 0 and step >= self.settings.gan_start
 
     def snapshot(self) -> SnapshotSpec:
         """The EMA SiT, velocity on ``diffusion.path``."""
@@ -347,7 +352,7 @@ class RepaEObjective(Objective):
         mean, logvar = posterior.mean.float(), posterior.logvar.float()
         terms["kl"] = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=(1, 2, 3)).mean()
         loss = loss + s.kl_weight * terms["kl"]
-        if s.gan_weight > 0 and step >= s.gan_start:
+        if self.gan_active(step):
             self.discriminator.requires_grad_(False)  # the generator term trains the VAE only
             try:
                 with self.autocast():
@@ -385,10 +390,9 @@ class RepaEObjective(Objective):
         with self.autocast():
             logits_real = self.discriminator(x)
             logits_fake = self.discriminator(cache["recon"])
-        on = self.settings.gan_weight > 0 and step >= self.settings.gan_start
-        d_loss = hinge_d_loss(logits_real, logits_fake)
+        d_loss = hinge_d_loss(logits_real, logits_fake)  # the phase only runs from gan_start (Phase.active)
         return {
-            "loss": d_loss if on else d_loss * 0.0,
+            "loss": d_loss,
             "d_loss": d_loss.detach(),
             "logits_real": logits_real.detach().float().mean(),
             "logits_fake": logits_fake.detach().float().mean(),

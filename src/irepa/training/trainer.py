@@ -628,7 +628,7 @@ class Trainer:
                 model_kwargs=spec.model_kwargs,
                 metadata={
                     "diffusion": dict(spec.diffusion),
-                    "space": self.data.space_metadata(),
+                    "space": self.objective.snapshot_space(path) or self.data.space_metadata(),
                     "step": self.step,
                     "ema": True,
                     "config": to_dict(self.config),
@@ -643,6 +643,9 @@ class Trainer:
     def save_preview(self) -> Path:
         """Write a grid of EMA samples for the current step, ``previews/step-<step>.png`` (rank 0 samples).
 
+        Objectives whose model lives in another space than the data (``Objective.snapshot_space``, REPA-E) get no
+        previews (a warning says so); sample their snapshots with ``irepa sample``.
+
         The library's generation loop (:mod:`irepa.diffusion.generate`) on the in-memory EMA module with the
         snapshot's diffusion metadata: Euler, 50 steps, CFG 4.0 over the whole interval (the official previews),
         ``train.preview_samples`` class-balanced samples with the same noise at every step (seed ``train.seed``).
@@ -651,8 +654,14 @@ class Trainer:
         from irepa.diffusion.samplers import sample_labels
         from irepa.utils.io import atomic_write
 
+        from irepa.training.objectives import Objective
+
         cfg = self.config
         path = self.run_dir / "previews" / f"step-{self.step:07d}.png"
+        if type(self.objective).snapshot_space is not Objective.snapshot_space:
+            # The model works in another space than the data (REPA-E): sample its snapshots with irepa sample.
+            self.logger.warning(f"previews are not available for objective {cfg.objective.name!r}; skipped")
+            return path
         if self.is_main:
             spec = self.snapshot_spec
             space = self.data.space_metadata()

@@ -3,6 +3,7 @@
 - :mod:`~irepa.training.objectives.base`: the API (:class:`Objective`, :class:`Phase`, :class:`OptimizerSpec`,
   :class:`SnapshotSpec`, :class:`ObjectiveContext`) and the :data:`OBJECTIVES` registry.
 - :mod:`~irepa.training.objectives.denoising`: ``denoising`` (SiT / REPA / iREPA).
+- :mod:`~irepa.training.objectives.repae`: ``repa-e`` (end-to-end VAE + SiT + discriminator; REPA-E, iREPA-E).
 """
 
 from irepa.training.objectives.base import (
@@ -16,6 +17,7 @@ from irepa.training.objectives.base import (
     SnapshotSpec,
 )
 from irepa.training.objectives.denoising import DenoisingObjective, DenoisingSettings, build_backbone
+from irepa.training.objectives.repae import RepaEObjective, RepaESettings
 
 __all__ = [
     "OBJECTIVES",
@@ -27,6 +29,8 @@ __all__ = [
     "OptimizerSpec",
     "Phase",
     "PhaseFn",
+    "RepaEObjective",
+    "RepaESettings",
     "SnapshotSpec",
     "build_backbone",
 ]

@@ -652,9 +652,8 @@ class Trainer:
         """
         from irepa.diffusion.generate import SamplingSettings, SnapshotSampler
         from irepa.diffusion.samplers import sample_labels
-        from irepa.utils.io import atomic_write
-
         from irepa.training.objectives import Objective
+        from irepa.utils.io import atomic_write
 
         cfg = self.config
         path = self.run_dir / "previews" / f"step-{self.step:07d}.png"

@@ -4,8 +4,8 @@ One timed step is what :class:`irepa.training.trainer.Trainer` does per batch mi
 times/noise drawing, the denoising forward (with the hidden tokens of block ``align.depth``), the alignment term
 (projector, target normalization, 1 − cos) in float32, backward, gradient clipping, AdamW and the EMA update.
 SiT runs the ``denoising`` objective's loss on 32×32×4 latents; JiT-B/16 runs the ``jit`` objective's loss
-(x-prediction, velocity-space error) on 256 px RGB pixels — the same 16×16 token grid, plus JiT's 32 in-context
-tokens from block 4.
+(:func:`irepa.diffusion.losses.x_prediction_loss`) on 256 px RGB pixels: the same 16×16 token grid, plus JiT's 32
+in-context tokens from block 4.
 
 The alignment targets are **precomputed** fixed random tokens shaped like DINOv2-B's at 256 px (B, 256, 768), so
 the "overhead" is the aligner's own cost (projector + normalization + loss and their backward), independent of the
@@ -36,7 +36,23 @@ METHODS = {
 JIT_IREPA = {**METHODS["irepa"], "gamma": 0.8, "weight": 0.5}
 
 
-def _step_fn(model_name: str, overrides: dict, method: str, align_depth: int, batch: int, device, precision):
+def _step_fn(
+    model_name: str,
+    overrides: dict,
+    method: str,
+    align_depth: int,
+    batch: int,
+    device,
+    precision,
+    *,
+    compile_objective: bool = False,
+    fused_adamw: bool | None = None,
+):
+    """One training step of ``method`` as a closure (model, aligner, AdamW and EMA built on ``device``).
+
+    ``compile_objective`` wraps model + loss + aligner in one ``torch.compile``; ``fused_adamw`` passes
+    ``fused=`` to AdamW (None: PyTorch's default, as the trainer uses).
+    """
     from irepa.align import AlignConfig, RepresentationAligner
     from irepa.diffusion.losses import denoising_loss, x_prediction_loss
     from irepa.diffusion.paths import get_path
@@ -44,18 +60,33 @@ def _step_fn(model_name: str, overrides: dict, method: str, align_depth: int, ba
     from irepa.training.ema import EMA
 
     torch.manual_seed(0)
-    model = build_model(model_name, **overrides).to(device)
-    jit = model_name.startswith("JiT-")
-    aligner = None
-    if METHODS[method] is not None:
-        head = JIT_IREPA if jit and method == "irepa" else METHODS[method]
-        cfg = AlignConfig(encoders=["dinov2-vit-b"], depth=align_depth, **head)
-        aligner = RepresentationAligner.from_config(cfg, model.hidden_size, {"dinov2-vit-b": 768}).to(device)
+    with torch.device(device):  # initialize on the device (an XL/2 init on the CPU alone takes many seconds)
+        model = build_model(model_name, **overrides)
+        jit = model_name.startswith("JiT-")
+        aligner = None
+        if METHODS[method] is not None:
+            head = JIT_IREPA if jit and method == "irepa" else METHODS[method]
+            cfg = AlignConfig(encoders=["dinov2-vit-b"], depth=align_depth, **head)
+            aligner = RepresentationAligner.from_config(cfg, model.hidden_size, {"dinov2-vit-b": 768})
     path = get_path("linear")
     ema = EMA(model, 0.9999).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     params += list(aligner.parameters()) if aligner is not None else []
-    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    optimizer = torch.optim.AdamW(params, lr=1e-4, **({} if fused_adamw is None else {"fused": fused_adamw}))
+
+    def objective(x0, y, t, noise, targets):
+        # What the objective computes per micro-batch (irepa.training.objectives.denoising / .jit).
+        hidden_at = align_depth if aligner is not None else None
+        if jit:
+            result = x_prediction_loss(model, x0, y, t=t, noise=noise, return_hidden=hidden_at)
+        else:
+            result = denoising_loss(model, path, x0, y, t=t, noise=noise, return_hidden=hidden_at)
+        loss = result.denoise
+        if aligner is not None:
+            loss = loss + aligner.compute(targets, source=result.hidden, grid=model.grid, step=0)["align"]
+        return loss
+
+    forward = torch.compile(objective) if compile_objective else objective
     c, h, w = model.in_channels, *model.input_size
     x0 = torch.randn(batch, c, h, w, device=device)
     y = torch.randint(0, 1000, (batch,), device=device)
@@ -67,15 +98,7 @@ def _step_fn(model_name: str, overrides: dict, method: str, align_depth: int, ba
         t = torch.rand(batch, generator=generator, device=device)
         noise = torch.randn(x0.shape, generator=generator, device=device)
         with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
-            # What the objective computes per micro-batch (irepa.training.objectives.denoising / .jit).
-            hidden_at = align_depth if aligner is not None else None
-            if jit:
-                result = x_prediction_loss(model, x0, y, t=t, noise=noise, return_hidden=hidden_at)
-            else:
-                result = denoising_loss(model, path, x0, y, t=t, noise=noise, return_hidden=hidden_at)
-            loss = result.denoise
-            if aligner is not None:
-                loss = loss + aligner.compute(targets, source=result.hidden, grid=model.grid, step=0)["align"]
+            loss = forward(x0, y, t, noise, targets)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()

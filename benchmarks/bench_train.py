@@ -32,12 +32,13 @@ METHODS = {
 
 
 def _step_fn(model_name: str, overrides: dict, method: str, align_depth: int, batch: int, device, precision):
+    from irepa.training.objective import DenoisingObjective
+
     from irepa.align import AlignConfig, RepresentationAligner
     from irepa.diffusion.paths import get_path
     from irepa.diffusion.time_sampling import get_time_sampler
     from irepa.models import build_model
     from irepa.training.ema import EMA
-    from irepa.training.objective import DenoisingObjective
 
     torch.manual_seed(0)
     model = build_model(model_name, **overrides)

@@ -3,6 +3,7 @@
 - :mod:`~irepa.training.objectives.base`: the API (:class:`Objective`, :class:`Phase`, :class:`OptimizerSpec`,
   :class:`SnapshotSpec`, :class:`ObjectiveContext`) and the :data:`OBJECTIVES` registry.
 - :mod:`~irepa.training.objectives.denoising`: ``denoising`` (SiT / REPA / iREPA).
+- :mod:`~irepa.training.objectives.meanflow`: ``meanflow`` (MeanFlow one- and few-step generation, REPA / iREPA).
 """
 
 from irepa.training.objectives.base import (
@@ -16,10 +17,13 @@ from irepa.training.objectives.base import (
     SnapshotSpec,
 )
 from irepa.training.objectives.denoising import DenoisingObjective, build_backbone
+from irepa.training.objectives.meanflow import MeanFlowObjective, MeanFlowSettings
 
 __all__ = [
     "OBJECTIVES",
     "DenoisingObjective",
+    "MeanFlowObjective",
+    "MeanFlowSettings",
     "NoSettings",
     "Objective",
     "ObjectiveContext",

@@ -1,7 +1,8 @@
 """The cost of the MeanFlow step (a JVP through the network) against the SiT denoising step of the same model size.
 
-One timed step of each, on the same SiT shape (MeanFlow's has the extra ``h_embedder``), alignment off, float32
-(MeanFlow's JVP always runs in float32; the SiT step runs in the benchmark's precision):
+One timed step of each on one shared network (a SiT with MeanFlow's ``h_embedder``; the SiT step feeds it
+``h = 0``, one small extra MLP), alignment off; MeanFlow's JVP always runs in float32, the SiT step in the
+benchmark's precision:
 
 - ``sit``: velocity regression (:func:`irepa.diffusion.losses.denoising_loss`): forward, backward.
 - ``meanflow``: :func:`irepa.diffusion.meanflow.meanflow_loss` without guidance: one ``torch.func.jvp`` (primal +
@@ -24,7 +25,9 @@ import torch
 METHODS = ("sit", "meanflow", "meanflow-guided")
 
 
-def _step_fn(model_name: str, overrides: dict, method: str, batch: int, device, precision: str):
+def _step_fns(model_name: str, overrides: dict, batch: int, device, precision: str) -> dict:
+    """One step function per method, all on one shared model, optimizer and EMA (three B/2 training states would
+    not fit next to other jobs on the CPU machine)."""
     from irepa.diffusion.losses import denoising_loss
     from irepa.diffusion.meanflow import MeanFlowGuidance, meanflow_loss, sample_interval_times
     from irepa.diffusion.paths import get_path
@@ -33,8 +36,7 @@ def _step_fn(model_name: str, overrides: dict, method: str, batch: int, device, 
     from irepa.training.ema import EMA
 
     torch.manual_seed(0)
-    meanflow = method != "sit"
-    model = build_model(model_name, time_interval=meanflow, **overrides).to(device)
+    model = build_model(model_name, time_interval=True, **overrides).to(device)
     ema = EMA(model, 0.9999).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95))
@@ -43,25 +45,37 @@ def _step_fn(model_name: str, overrides: dict, method: str, batch: int, device, 
     y = torch.randint(0, 1000, (batch,), device=device)
     generator = torch.Generator(device=device).manual_seed(0)
     path, time_sampler = get_path("linear"), get_time_sampler("uniform")
-    guidance = MeanFlowGuidance(omega=1.0, kappa=0.5) if method == "meanflow-guided" else None
     dtype = {"bf16": torch.bfloat16, "fp32": None}[precision]
 
-    def step():
-        noise = torch.randn(x0.shape, generator=generator, device=device)
-        if meanflow:
-            r, t = sample_interval_times(batch, generator=generator, device=device)
-            loss = meanflow_loss(model, x0, y, r=r, t=t, noise=noise, null_label=1000, guidance=guidance).loss
-        else:
-            t = time_sampler(batch, generator=generator, device=device)
-            with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
-                loss = denoising_loss(model, path, x0, y, time_sampler=time_sampler, t=t, noise=noise).denoise
+    def sit(x, t, y, return_hidden=None):  # the SiT step on the same network, at h = 0
+        return model(x, t, y, h=torch.zeros_like(t), return_hidden=return_hidden)
+
+    def update(loss: torch.Tensor) -> None:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         ema.update(model)
 
-    return step
+    def sit_step():
+        noise = torch.randn(x0.shape, generator=generator, device=device)
+        t = time_sampler(batch, generator=generator, device=device)
+        with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
+            update(denoising_loss(sit, path, x0, y, t=t, noise=noise).denoise)
+
+    def meanflow_step(guidance: MeanFlowGuidance | None):
+        def step():
+            noise = torch.randn(x0.shape, generator=generator, device=device)
+            r, t = sample_interval_times(batch, generator=generator, device=device)
+            update(meanflow_loss(model, x0, y, r=r, t=t, noise=noise, null_label=1000, guidance=guidance).loss)
+
+        return step
+
+    return {
+        "sit": sit_step,
+        "meanflow": meanflow_step(None),
+        "meanflow-guided": meanflow_step(MeanFlowGuidance(omega=1.0, kappa=0.5)),
+    }
 
 
 def _sync(device) -> None:
@@ -101,7 +115,7 @@ def main(quick: bool = False) -> dict:
         rounds, warmup = 3, 1
     rows = []
     for model_name, overrides, batch in cases:
-        steps = {m: _step_fn(model_name, overrides, m, batch, device, precision) for m in METHODS}
+        steps = _step_fns(model_name, overrides, batch, device, precision)
         seconds = _time_interleaved(steps, device, rounds, warmup)
         del steps
         base = seconds["sit"]

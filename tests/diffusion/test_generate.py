@@ -139,7 +139,14 @@ def test_snapshot_sampler_reads_the_prediction_type(tmp_path):
         v.generate([0, 1], torch.tensor([0, 1]), SamplingSettings(sampler="heun", steps=2)).images, out.images
     )
     latent = tmp_path / "latent.safetensors"
-    space = {"kind": "latent", "channels": 3, "size": [8, 8], "image_size": [64, 64], "vae": "x", "normalization": {"kind": "sd-scalar"}}
+    space = {
+        "kind": "latent",
+        "channels": 3,
+        "size": [8, 8],
+        "image_size": [64, 64],
+        "vae": "x",
+        "normalization": {"kind": "sd-scalar"},
+    }
     save_inference(
         latent,
         model,

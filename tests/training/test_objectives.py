@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
-import socket
 
 import pytest
 import torch
@@ -43,7 +41,11 @@ class TwoPhaseObjective(DenoisingObjective):
         }
 
     def phases(self):
-        return [Phase("critic", self.critic_loss, "critic"), Phase("main", self.loss, "sit")]
+        # The critic starts at step 1 (like a discriminator that starts late): skipped at step 0.
+        return [
+            Phase("critic", self.critic_loss, "critic", active=lambda step: step >= 1),
+            Phase("main", self.loss, "sit"),
+        ]
 
     def critic_loss(self, batch, draws, step):
         x0 = self.data.model_input(batch, draws.get("eps"))
@@ -148,47 +150,14 @@ def test_two_phases_step_two_optimizers_and_resume_exactly(tmp_path, pixel_store
     for part in ("optimizer.critic.pt", "optimizer.main.pt"):
         a, b = (torch.load(f / part, weights_only=True)["state"] for f in (folder, resumed))
         assert all(torch.equal(a[i]["exp_avg"], b[i]["exp_avg"]) for i in a), part
+    steps = {
+        p: int(torch.load(folder / p, weights_only=True)["state"][0]["step"])
+        for p in ("optimizer.critic.pt", "optimizer.main.pt")
+    }
+    assert steps == {"optimizer.critic.pt": 3, "optimizer.main.pt": 4}  # the inactive phase did not step
 
 
 def test_several_phases_need_manual_grad_sync(tmp_path, pixel_store, pixel_overrides):
     cfg = resolve_config(overrides=pixel_overrides(pixel_store, "objective.name=test-two-phase-unsynced"))
     with pytest.raises(IrepaError, match="must set manual_grad_sync"):
         Trainer(cfg, tmp_path)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Manual gradient sync
-
-
-def _sync_worker(rank: int, world: int, port: int, out: str) -> None:
-    import torch.distributed as dist
-
-    from irepa.training.distributed import sync_gradients
-
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    try:
-        params = [nn.Parameter(torch.zeros(3, 2)), nn.Parameter(torch.zeros(5)), nn.Parameter(torch.zeros(4))]
-        params[0].grad = torch.full((3, 2), float(rank + 1))
-        params[1].grad = torch.arange(5.0) * (rank + 1)
-        # params[2] has no gradient on rank 0 only: it counts as zeros there.
-        if rank == 1:
-            params[2].grad = torch.ones(4)
-        sync_gradients(params, world, bucket_mb=16 / 2**20)  # 16-byte buckets: several all-reduces
-        torch.save([p.grad for p in params], f"{out}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
-def test_sync_gradients_averages_over_processes(tmp_path):
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    mp.spawn(_sync_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
-    for rank in range(2):
-        grads = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
-        assert torch.equal(grads[0], torch.full((3, 2), 1.5))
-        assert torch.equal(grads[1], torch.arange(5.0) * 1.5)
-        assert torch.equal(grads[2], torch.full((4,), 0.5))

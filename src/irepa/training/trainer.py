@@ -374,24 +374,28 @@ class Trainer:
         # The step's randomness for the whole global batch, from the one generator (same state on every process).
         draws = self.objective.draw(cfg.optim.global_batch_size, self.generator, self.device)
         micro_batches: list[dict[str, torch.Tensor]] = []  # kept for later phases only
+        fetched = 0
         multi = len(self.phases) > 1
         terms_sum: dict[str, torch.Tensor] = {}
         grad_norms: dict[str, torch.Tensor] = {}
         skipped, stop = False, False
         for index, phase in enumerate(self.phases):
+            if phase.active is not None and not phase.active(self.step):
+                continue
             optimizer = self.optimizers[phase.optimizer]
             params = self.optimizer_params[phase.optimizer]
             optimizer.zero_grad(set_to_none=True)
             prefix = f"{phase.name or phase.optimizer}/" if multi else ""
             for micro in range(accum):
-                if index == 0:
+                if micro < fetched:
+                    batch = micro_batches[micro]
+                else:  # the first phase that runs reads the step's micro-batches
                     with self.timer.section("data"):
                         batch = next(batches)
                     batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+                    fetched += 1
                     if multi:
                         micro_batches.append(batch)
-                else:
-                    batch = micro_batches[micro]
                 # This process's samples of the global batch: positions r, r + W, r + 2W, ... (the sampler's layout).
                 positions = (
                     torch.arange(micro * self.batch_size, (micro + 1) * self.batch_size, device=self.device)
@@ -422,6 +426,8 @@ class Trainer:
             grad_norms[prefix + "grad_norm"] = grad_norm
             skipped, stop = skipped or phase_skipped, stop or phase_stop
 
+        for _ in range(fetched, accum):
+            next(batches)  # every phase was inactive: the step still consumes its data (the sampler advances)
         if not skipped:
             for name, ema in self.emas.items():
                 ema.update(self.modules[name])

@@ -116,11 +116,14 @@ class Phase:
         fn: ``fn(batch, draws, step) -> terms`` for one micro-batch.
         name: Prefix of the logged terms (``"<name>/<term>"``) when an objective has several phases; ignored (no
             prefix) for a single phase.
+        active: ``active(step) -> bool``; the phase (forward, backward and optimizer step) is skipped at steps where
+            it is False (e.g. a discriminator that starts later). ``None`` = always.
     """
 
     optimizer: str
     fn: PhaseFn
     name: str = ""
+    active: Callable[[int], bool] | None = None
 
 
 @dataclasses.dataclass

@@ -185,3 +185,36 @@ def test_two_processes_sync_gradients_explicitly_and_match_one_process(tmp_path,
     one, two = _state(tmp_path / "one", 4), _state(tmp_path / "two", 4)
     for key in one:
         torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-6, msg=key)
+
+
+def test_cli_train_then_sample_one_and_two_steps(run_cli, tmp_path, overrides, latent_stores):
+    """``irepa train --preset ci-meanflow``; the snapshot records MeanFlow, so ``irepa sample --steps 1/2`` uses the
+    MeanFlow sampler without being told."""
+    import numpy as np
+
+    from irepa.models.io import load_inference
+
+    run_dir = tmp_path / "run"
+    res = run_cli("train", "--preset", "ci-meanflow", *overrides, "--run-dir", run_dir)
+    assert res.code == 0, res
+    assert "finished 4 steps" in res.out and "objective meanflow" in res.err
+    snapshot = run_dir / "snapshots" / "ema-0000004.safetensors"
+    model, meta = load_inference(snapshot)
+    assert meta["diffusion"]["objective"] == "meanflow" and meta["diffusion"]["sampler"] == "meanflow"
+    assert meta["diffusion"]["training_guidance"]["effective_scale"] == 2.0 and model.h_embedder is not None
+    vae = latent_stores[0].parent / "vae"
+    common = ["--snapshot", snapshot, "--num-samples", "4", "--batch-size", "4", "--vae-weights", vae,
+              "--device", "cpu", "--no-progress"]  # fmt: skip
+    images = {}
+    for steps in (1, 2):
+        out = tmp_path / f"steps{steps}.npz"
+        res = run_cli("sample", *common, "--out", out, "--steps", str(steps))
+        assert res.code == 0, res
+        with np.load(out) as samples:
+            images[steps] = samples["arr_0"]
+        assert images[steps].shape == (4, 64, 64, 3) and images[steps].dtype == np.uint8
+        card = json.loads((tmp_path / f"steps{steps}.recipe.json").read_text())
+        assert card["sampler"]["name"] == "meanflow" and card["sampler"]["nfe_per_sample"] == steps
+    assert not np.array_equal(images[1], images[2])
+    res = run_cli("sample", *common, "--out", tmp_path / "euler.npz", "--sampler", "euler", "--steps", "2")
+    assert res.code == 2 and "sample it with --sampler meanflow" in res.err

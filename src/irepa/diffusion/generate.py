@@ -62,6 +62,7 @@ __all__ = [
     "Generated",
     "SamplingSettings",
     "SnapshotSampler",
+    "check_sampler",
     "generate",
     "quantize",
     "to_velocity",
@@ -142,6 +143,19 @@ PREDICTIONS.register("average_velocity", average_velocity_adapter)
 
 #: Prediction types that need one particular sampler (and that sampler only accepts them).
 PREDICTION_SAMPLERS = {"average_velocity": "meanflow"}
+
+
+def check_sampler(prediction: str, sampler: str) -> None:
+    """Refuse a sampler that cannot drive a model of this prediction type (``euler`` on MeanFlow, or vice versa).
+
+    Raises:
+        IrepaError: Naming the sampler to use.
+    """
+    needed = PREDICTION_SAMPLERS.get(prediction)
+    if needed is not None and sampler != needed:
+        raise IrepaError(f"this snapshot predicts {prediction!r}: sample it with --sampler {needed}, not {sampler!r}")
+    if needed is None and sampler in PREDICTION_SAMPLERS.values():
+        raise IrepaError(f"sampler {sampler!r} needs a MeanFlow snapshot; this one predicts {prediction!r}")
 
 
 def velocity_function(
@@ -389,18 +403,8 @@ class SnapshotSampler:
         return None if steps is None else int(steps)
 
     def check_sampler(self, sampler: str) -> None:
-        """Refuse a sampler that cannot drive this model (e.g. ``euler`` on a MeanFlow snapshot, or vice versa).
-
-        Raises:
-            IrepaError: Naming the sampler to use.
-        """
-        needed = PREDICTION_SAMPLERS.get(self.prediction)
-        if needed is not None and sampler != needed:
-            raise IrepaError(
-                f"this snapshot predicts {self.prediction!r}: sample it with --sampler {needed}, not {sampler!r}"
-            )
-        if needed is None and sampler in PREDICTION_SAMPLERS.values():
-            raise IrepaError(f"sampler {sampler!r} needs a MeanFlow snapshot; this one predicts {self.prediction!r}")
+        """Refuse a sampler that cannot drive this model (:func:`check_sampler`)."""
+        check_sampler(self.prediction, sampler)
 
     @property
     def shape(self) -> tuple[int, ...]:

@@ -629,7 +629,7 @@ class Trainer:
                 model_kwargs=spec.model_kwargs,
                 metadata={
                     "diffusion": dict(spec.diffusion),
-                    "space": self.data.space_metadata(),
+                    "space": self.objective.snapshot_space(path) or self.data.space_metadata(),
                     "step": self.step,
                     "ema": True,
                     "config": to_dict(self.config),

@@ -4,6 +4,7 @@
   :class:`SnapshotSpec`, :class:`ObjectiveContext`) and the :data:`OBJECTIVES` registry.
 - :mod:`~irepa.training.objectives.denoising`: ``denoising`` (SiT / REPA / iREPA).
 - :mod:`~irepa.training.objectives.meanflow`: ``meanflow`` (MeanFlow one- and few-step generation, REPA / iREPA).
+- :mod:`~irepa.training.objectives.repae`: ``repa-e`` (end-to-end VAE + SiT + discriminator; REPA-E, iREPA-E).
 """
 
 from irepa.training.objectives.base import (
@@ -18,6 +19,7 @@ from irepa.training.objectives.base import (
 )
 from irepa.training.objectives.denoising import DenoisingObjective, build_backbone
 from irepa.training.objectives.meanflow import MeanFlowObjective, MeanFlowSettings
+from irepa.training.objectives.repae import RepaEObjective, RepaESettings
 
 __all__ = [
     "OBJECTIVES",
@@ -30,6 +32,8 @@ __all__ = [
     "OptimizerSpec",
     "Phase",
     "PhaseFn",
+    "RepaEObjective",
+    "RepaESettings",
     "SnapshotSpec",
     "build_backbone",
 ]

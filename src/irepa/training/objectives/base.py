@@ -54,6 +54,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -241,6 +242,15 @@ class Objective(nn.Module):
         """
         for module in self.trained_modules().values():
             module.compile()
+
+    def snapshot_space(self, snapshot_path: Path) -> dict[str, Any] | None:
+        """The ``space`` header entry of the snapshot written to ``snapshot_path`` (main process only).
+
+        Default ``None``: the data's space (:meth:`TrainData.space_metadata`). Objectives whose model works in
+        another space than the data (REPA-E: images in, a latent-space SiT, a VAE trained in the same run) return
+        their own and may write what it refers to next to the snapshot.
+        """
+        return None
 
     def describe(self) -> list[str]:
         """Lines for the start-up summary (default: the objective's name)."""

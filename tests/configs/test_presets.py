@@ -20,8 +20,39 @@ PAPER = {
 PARAMS_M = {"SiT-B/2": 130.3, "SiT-L/2": 457.8, "SiT-XL/2": 674.8}
 
 
+MEANFLOW = {
+    # name: (model, align depth or None, projector, target norm, omega, kappa, guidance interval)
+    "meanflow-b2-none": ("SiT-B/2", None, None, None, 1.0, 0.5, (0.0, 1.0)),
+    "meanflow-b2-repa": ("SiT-B/2", 4, "mlp", "none", 1.0, 0.5, (0.0, 1.0)),
+    "meanflow-b2-irepa": ("SiT-B/2", 4, "conv", "spatial", 1.0, 0.5, (0.0, 1.0)),
+    "meanflow-xl2-none": ("SiT-XL/2", None, None, None, 0.2, 0.92, (0.0, 0.8)),
+    "meanflow-xl2-repa": ("SiT-XL/2", 8, "mlp", "none", 0.2, 0.92, (0.0, 0.8)),
+    "meanflow-xl2-irepa": ("SiT-XL/2", 8, "conv", "spatial", 0.2, 0.92, (0.0, 0.8)),
+}
+
+
 def test_all_expected_presets_exist():
-    assert set(PAPER) | {"debug", "ci"} <= set(list_presets())
+    assert set(PAPER) | set(MEANFLOW) | {"debug", "ci", "ci-meanflow"} <= set(list_presets())
+
+
+@pytest.mark.parametrize("name", sorted(MEANFLOW))
+def test_meanflow_presets_match_the_published_settings(name):
+    """prior-implementations §8: Adam β2 0.95, lr 1e-4, batch 256, EMA 0.9999, logit-normal(-0.4, 1), 75 % r = t."""
+    model_name, depth, projector, norm, omega, kappa, interval = MEANFLOW[name]
+    cfg = resolve_config(preset=name)
+    mf = cfg.objective.settings
+    assert cfg.objective.name == "meanflow" and cfg.model.name == model_name
+    assert (mf.omega, mf.kappa, mf.guidance_interval) == (omega, kappa, interval)
+    assert mf.equal_share == 0.75 and mf.adaptive_c == 0.01 and mf.adaptive_p == 1.0
+    assert cfg.diffusion.time_sampler == "lognormal" and cfg.diffusion.time_sampler_kwargs == {"mean": -0.4, "std": 1.0}
+    assert cfg.diffusion.label_dropout == 0.1 and cfg.diffusion.path == "linear"
+    assert cfg.optim.lr == 1e-4 and cfg.optim.betas == (0.9, 0.95) and cfg.optim.weight_decay == 0.0
+    assert cfg.optim.global_batch_size == 256 and cfg.optim.grad_clip is None and cfg.train.ema_decay == 0.9999
+    if depth is None:
+        assert cfg.align.encoders == []
+    else:
+        assert cfg.align.encoders == ["dinov2-vit-b"] and cfg.align.depth == depth and cfg.align.weight == 0.5
+        assert cfg.align.projector == projector and cfg.align.target_norm == norm
 
 
 @pytest.mark.parametrize("name", sorted(list_presets()))

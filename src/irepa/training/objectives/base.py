@@ -237,11 +237,12 @@ class Objective(nn.Module):
     def compile_for_training(self) -> None:
         """Compile for training (the trainer calls it when ``train.compile`` is on).
 
-        Default: every trained module in place (state-dict keys stay unprefixed). Objectives whose step cannot run
-        through compiled modules (MeanFlow compiles its whole JVP step instead) override it.
+        Default: the snapshot's module (the backbone) in place, so state-dict keys stay unprefixed; the small
+        auxiliary modules (projectors) stay eager, as before objectives existed. Objectives whose step cannot run
+        through a compiled module (MeanFlow compiles its whole JVP step instead) or that want more compiled override
+        it.
         """
-        for module in self.trained_modules().values():
-            module.compile()
+        self.trained_modules()[self.snapshot().module].compile()
 
     def snapshot_space(self, snapshot_path: Path) -> dict[str, Any] | None:
         """The ``space`` header entry of the snapshot written to ``snapshot_path`` (main process only).

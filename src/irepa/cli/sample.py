@@ -57,9 +57,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-samples", type=int, required=True, metavar="N", help="number of samples (papers: 50000)")
     parser.add_argument("--out", type=Path, required=True, metavar="FILE", help="output .npz (ADM format)")
     parser.add_argument(
-        "--sampler", choices=("euler", "heun", "sde"), default="sde", help="sampler (default: sde, as the papers)"
+        "--sampler",
+        choices=("euler", "heun", "sde", "meanflow"),
+        default=None,
+        help="sampler (default: the snapshot's, i.e. meanflow for MeanFlow models, else sde as the papers)",
     )
-    parser.add_argument("--steps", type=int, default=250, help="sampling steps (default: 250); heun: NFE = 2N-1")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="sampling steps (default: the snapshot's, i.e. 1 for MeanFlow, else 250); heun: NFE = 2N-1",
+    )
     parser.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale (1: no CFG)")
     parser.add_argument(
         "--guidance-low", type=float, default=0.0, help="guidance interval start in SiT time (t=0 data; default 0)"
@@ -206,7 +214,7 @@ def _launcher_world_size() -> int | None:
 def run(args: argparse.Namespace) -> int:
     """Generate the samples, assemble the ``.npz`` and write the recipe card."""
     from irepa import __version__
-    from irepa.diffusion.generate import SnapshotSampler
+    from irepa.diffusion.generate import SnapshotSampler, check_sampler
     from irepa.diffusion.samplers import SDE_LAST_TIME, SEED_FORMULA, generator_seed, sample_labels
     from irepa.metrics.generative.evaluator import label_balance, recipe_card_path
     from irepa.metrics.generative.npz import IndexedImageWriter
@@ -243,11 +251,15 @@ def run(args: argparse.Namespace) -> int:
 
     sampler, meta = SnapshotSampler.load(args.snapshot, device=device, decoder=decoder)
     snapshot_sha = sha256_file(args.snapshot)
+    diffusion = meta["diffusion"]
+    # A MeanFlow snapshot records its sampler ("meanflow") and default steps; other snapshots: SDE, 250 steps.
+    sampler_name = args.sampler or str(diffusion.get("sampler", "sde"))
+    check_sampler(sampler.prediction, sampler_name)
     recipe = SampleRecipe(
         snapshot_sha256=snapshot_sha,
         num_samples=args.num_samples,
-        sampler=args.sampler,
-        steps=args.steps,
+        sampler=sampler_name,
+        steps=args.steps if args.steps is not None else int(diffusion.get("steps", 250)),
         cfg_scale=args.cfg_scale,
         guidance_interval=(args.guidance_low, args.guidance_high),
         heun_guidance_time=args.heun_guidance_time,

@@ -38,7 +38,7 @@ from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
-from irepa.errors import ConfigError
+from irepa.errors import ConfigError, first_line
 
 C = TypeVar("C")
 
@@ -114,7 +114,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {first_line(exc)}") from exc
     if data is None:
         return {}
     if not isinstance(data, dict):

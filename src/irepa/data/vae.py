@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import torch
 
-from irepa.errors import IrepaError, WeightsNotFoundError
+from irepa.errors import IrepaError, WeightsNotFoundError, first_line
 from irepa.registry import Registry
 
 __all__ = ["TINY_VAE_CONFIG", "VAE", "VAES", "VAESpec", "canonical_vae_id", "load_vae", "save_random_vae"]
@@ -251,7 +251,7 @@ def load_vae(
         try:
             model = AutoencoderKL.from_pretrained(str(local), torch_dtype=torch_dtype, local_files_only=True)
         except (OSError, ValueError) as exc:
-            raise WeightsNotFoundError(f"cannot load the VAE from {str(local)!r}: {str(exc).splitlines()[0]}") from exc
+            raise WeightsNotFoundError(f"cannot load the VAE from {str(local)!r}: {first_line(exc)}") from exc
         return VAE(model.to(device), name=name, revision=revision, weights=str(local.resolve()))
     try:
         with warnings.catch_warnings():

@@ -30,7 +30,7 @@ from typing import Any, Literal
 import torch
 
 from irepa.encoders.base import VisionEncoder
-from irepa.errors import IrepaError
+from irepa.errors import IrepaError, first_line
 from irepa.utils.io import atomic_write, safetensors_header
 
 __all__ = [
@@ -363,7 +363,7 @@ def read_features(path: str | Path) -> FeatureFile:
             raw = dict(f.metadata() or {})
             shapes = {n: f.get_slice(n).get_shape() for n in names}
     except Exception as exc:  # safetensors raises several types for corrupt headers
-        raise IrepaError(f"cannot read features file {str(path)!r}: {str(exc).splitlines()[0]}") from exc
+        raise IrepaError(f"cannot read features file {str(path)!r}: {first_line(exc)}") from exc
     if "patch_tokens" not in names and "mean_token" not in names:
         raise IrepaError(f"{str(path)!r} is not a features file: it has no patch_tokens or mean_token tensor")
     metadata: dict[str, Any] = {}

@@ -24,7 +24,7 @@ from irepa.encoders.base import VisionEncoder
 from irepa.encoders.remap import REMAPS
 from irepa.encoders.spec import EncoderSpec
 from irepa.encoders.weights import ResolvedWeights, read_state_dict, temporary_safetensors
-from irepa.errors import IrepaError
+from irepa.errors import IrepaError, first_line
 from irepa.utils.state_dict import state_dict_mismatch
 
 __all__ = ["TimmEncoder", "build_packaged_vit", "build_timm_model", "check_state_dict", "summarize_load_error"]
@@ -102,8 +102,9 @@ def build_timm_model(
                 ) from exc
             raise
         except (OSError, ValueError, KeyError, AssertionError) as exc:  # unpickling, truncated or foreign files
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise IrepaError(f"cannot load weights {str(weights.path)!r} for encoder {spec.id!r}: {first}") from exc
+            raise IrepaError(
+                f"cannot load weights {str(weights.path)!r} for encoder {spec.id!r}: {first_line(exc)}"
+            ) from exc
 
 
 def build_packaged_vit(

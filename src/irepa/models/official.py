@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from irepa.errors import IrepaError
+from irepa.errors import IrepaError, first_line
 from irepa.models.io import load_state_dict_checked, state_dict_mismatch
 from irepa.models.sit import MODELS, PATCH_SIZES, SIT_SIZES
 
@@ -97,14 +97,11 @@ def read_checkpoint_file(path: str | Path) -> Any:
                 f"({', '.join(f'{g.__module__}.{g.__qualname__}' for g in ALLOWED_GLOBALS)}); it is not an official "
                 "REPA/iREPA/REPA-E checkpoint or was re-saved with extra objects (re-save its state dict)"
             ) from exc
-        raise IrepaError(f"checkpoint {str(path)!r} is corrupt or not a torch checkpoint: {_first_line(exc)}") from exc
+        raise IrepaError(
+            f"checkpoint {str(path)!r} is corrupt or not a torch checkpoint: {first_line(exc, max_chars=200)}"
+        ) from exc
     except Exception as exc:  # truncated zips, bad magic numbers, ...: many exception types
-        raise IrepaError(f"checkpoint {str(path)!r} is truncated or corrupt: {_first_line(exc)}") from exc
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
+        raise IrepaError(f"checkpoint {str(path)!r} is truncated or corrupt: {first_line(exc, max_chars=200)}") from exc
 
 
 def _is_state_dict(obj: Any) -> bool:

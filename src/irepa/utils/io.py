@@ -19,7 +19,7 @@ from typing import IO, Any
 import numpy as np
 import torch
 
-from irepa.errors import IrepaError
+from irepa.errors import IrepaError, first_line
 
 
 @contextlib.contextmanager
@@ -146,8 +146,7 @@ def load_tensor_file(path: str | Path) -> torch.Tensor | dict[str, torch.Tensor]
     except IrepaError:
         raise
     except Exception as exc:  # corrupt files raise many different exception types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise IrepaError(f"cannot read features file {str(path)!r}: {first}") from exc
+        raise IrepaError(f"cannot read features file {str(path)!r}: {first_line(exc)}") from exc
     if isinstance(out, torch.Tensor):
         return out
     if isinstance(out, Mapping):

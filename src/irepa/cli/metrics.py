@@ -444,7 +444,7 @@ def encoder_token_sources(
             image, a missing or unreadable mask, ``--weights`` with several encoders.
     """
     from irepa.cli.encoders import load_encoder_from_args
-    from irepa.data.images import ReadStats, iter_image_batches, list_images
+    from irepa.utils.images import ReadStats, iter_image_batches, list_images
 
     names = list(dict.fromkeys(args.encoder))
     if args.weights is not None and len(names) > 1:
@@ -498,7 +498,7 @@ def _mask_for(root: Path, key: str, size: int, crop: str) -> torch.Tensor:
     import numpy as np
     from PIL import Image
 
-    from irepa.data.images import IMAGE_EXTENSIONS, center_crop_adm
+    from irepa.utils.images import IMAGE_EXTENSIONS, center_crop_adm
 
     candidates = [root / f"{key}{ext}" for ext in IMAGE_EXTENSIONS]
     path = next((p for p in candidates if p.is_file()), None)

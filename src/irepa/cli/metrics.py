@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from irepa.errors import IrepaError
+from irepa.utils.device import resolve_device
 
 REPORT_JSON = "spatial_metrics.json"
 REPORT_CSV = "spatial_metrics.csv"
@@ -265,7 +266,7 @@ def spatial_report(
 
     if not sources:
         raise IrepaError("no token sources to measure")
-    device = _device(device)
+    device = resolve_device(device)
     prepared: dict[str, torch.Tensor] = {}
     source_masks: dict[str, torch.Tensor] = {}
     kept: dict[str, int] = {}
@@ -336,16 +337,6 @@ def _patch_masks(masks: torch.Tensor, grid: tuple[int, int], name: str) -> torch
             raise IrepaError("patch masks must be boolean or 0/1 (True/1 = foreground)")
         values = values != 0
     return values
-
-
-def _device(device: str | torch.device) -> torch.device:
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise IrepaError(f"device {device!r} is not a torch device (cpu, cuda, cuda:0, ...): {exc}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise IrepaError(f"device {device!r} requested but CUDA is not available; use --device cpu")
-    return dev
 
 
 def write_report(report: SpatialReport, out_dir: str | Path) -> list[Path]:

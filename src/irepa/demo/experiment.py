@@ -34,6 +34,7 @@ import torch
 
 from irepa.demo.settings import DemoSettings, RunSpec
 from irepa.errors import IrepaError
+from irepa.utils.device import resolve_device
 
 __all__ = ["DEMO_FORMAT", "Demo", "DemoInterrupted"]
 
@@ -439,9 +440,7 @@ class Demo:
         return teacher_analysis(teachers, self.settings, self.run_dir / "figures", device=self._torch_device())
 
     def _torch_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+        return resolve_device(self.device)
 
 
 class _NullStream:

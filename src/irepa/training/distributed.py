@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from irepa.errors import ConfigError, IrepaError
+from irepa.utils.device import resolve_device
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -84,9 +85,7 @@ def make_accelerator(
     """
     from accelerate import Accelerator, DistributedDataParallelKwargs
 
-    if device == "cuda" and not torch.cuda.is_available():
-        raise IrepaError("train.device=cuda but no CUDA device is visible; use train.device=cpu or auto")
-    use_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    use_cpu = resolve_device(device, option="train.device").type == "cpu"
     accelerator = Accelerator(
         cpu=use_cpu,
         mixed_precision="no",

@@ -17,6 +17,7 @@ from functools import cache
 from pathlib import Path
 
 import pytest
+
 from source_imports import imports
 
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+

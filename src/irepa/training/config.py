@@ -260,23 +260,20 @@ class TrainConfig:
 
 
 def _model_depth(model: ModelConfig) -> int:
-    """Number of blocks of the configured model, from the registry (built on the ``meta`` device: no memory).
+    """Number of blocks of the configured model, from the registry's argument check (no model is built).
 
     Raises:
         ConfigError: An unknown model name (with close matches) or ``model.overrides`` the model does not accept.
     """
-    import torch
-
     from irepa.errors import IrepaError
-    from irepa.models import MODELS, build_model
+    from irepa.models import MODELS
 
     try:
-        MODELS.canonical(model.name)
+        factory = MODELS.get(model.name)
     except IrepaError as exc:
         raise ConfigError(f"model.name: {exc}") from exc
     try:
-        with torch.device("meta"):
-            return int(build_model(model.name, **model.overrides).depth)
+        return int(factory.arguments(**model.overrides)["depth"])
     except IrepaError as exc:
         raise ConfigError(f"model.overrides: {exc}") from exc
 

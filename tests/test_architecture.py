@@ -13,10 +13,11 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "architecture.md"
 def _layers() -> list[list[str]]:
     """The layers of the package map in docs/architecture.md, lowest first (the names on each line)."""
     block = DOC.read_text().split("## Package map and dependency direction", 1)[1].split("```")[1]
-    layers = []
-    for line in block.strip().splitlines():
-        names = re.findall(r"irepa(?:\.[a-z_]+)*", line.split("  ", 2)[1] if "←" in line else line.split("  ")[0])
-        layers.append(names)
+    lines = block.strip().splitlines()
+    layers = [re.findall(r"irepa(?:\.[a-z_]+)*", lines[0].split("  ")[0])]
+    for line in lines[1:]:
+        if line.lstrip().startswith("←"):  # a layer; other lines continue the previous line's description
+            layers.append(re.findall(r"irepa(?:\.[a-z_]+)*", line.split("  ", 2)[1]))
     return layers
 
 

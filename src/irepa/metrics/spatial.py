@@ -49,6 +49,7 @@ __all__ = [
     "SpatialMetricsResult",
     "cds",
     "compute",
+    "correlogram",
     "lds",
     "lds_paper",
     "masks_to_patches",
@@ -671,6 +672,43 @@ def compute(
     if isinstance(masks, Mapping):
         raise IrepaError("masks is a dict but the tokens are a single tensor; pass one mask tensor")
     return one(tokens_or_dict, masks, "tokens")
+
+
+def correlogram(
+    tokens: torch.Tensor,
+    grid: Sequence[int] | None = None,
+    *,
+    prefix_tokens: int = 0,
+    chunk_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The correlogram ``g(δ)``: mean cosine self-similarity at each Manhattan distance ``δ = 0..H+W−2``, per image.
+
+    CDS is the negated least-squares slope of this curve over ``δ = 1..dmax``; the curve itself is what the
+    encoder report plots. ``g(0) = 1`` for non-zero tokens (every token with itself).
+
+    Args:
+        tokens: Patch tokens ``(B, P + T, D)``.
+        grid: ``(H, W)``; inferred when ``T`` is a perfect square.
+        prefix_tokens: Leading non-grid tokens to drop.
+        chunk_size: Images per similarity-matrix chunk.
+
+    Returns:
+        ``(values (B, H + W − 1), pair counts (H + W − 1,))``: float32 means (float64 for float64 input) and the
+        number of ordered token pairs at each distance.
+    """
+    tokens = _check_tokens(tokens, prefix_tokens, "tokens")
+    batch, num_tokens, _ = tokens.shape
+    hw = resolve_grid(num_tokens, grid, what="tokens")
+    if chunk_size is None:
+        chunk_size = max(1, _SIM_BUDGET // (num_tokens * num_tokens))
+    dtype = torch.float64 if tokens.dtype == torch.float64 else torch.float32
+    geometry = _Geometry.get(hw, tokens.device)
+    parts = []
+    with torch.autocast(device_type=tokens.device.type, enabled=False), torch.no_grad():
+        for start in range(0, batch, chunk_size):
+            chunk = _Chunk(tokens[start : start + chunk_size].to(dtype), geometry, None, 1e-8, start)
+            parts.append(chunk.distance_sums / geometry.counts.to(dtype))
+    return torch.cat(parts), geometry.counts.clone()
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -15,6 +15,42 @@ def test_help_and_list_presets(run_cli):
     assert "sit-xl2-irepa-official-1x1" in res.out and "conv projector, λ 1.0, target norm spatial, depth 8" in res.out
 
 
+def _config_leaves(cls, prefix=""):
+    """Dotted leaf keys of a config dataclass tree (independent of irepa.config.describe)."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[field.name]):
+            yield from _config_leaves(hints[field.name], f"{prefix}{field.name}.")
+        else:
+            yield prefix + field.name
+
+
+def test_help_config_lists_every_key_with_type_default_and_doc(run_cli):
+    from irepa.training.config import TrainConfig
+
+    res = run_cli("train", "--help-config")
+    assert res.code == 0, res
+    lines = res.out.splitlines()
+    listed = [line.split()[0] for line in lines if line.startswith("  ") and not line.startswith("   ")]
+    assert listed == list(_config_leaves(TrainConfig))
+    for i, line in enumerate(lines):
+        if line.startswith("  ") and not line.startswith("   "):
+            assert lines[i + 1].startswith("      ") and lines[i + 1].strip(), f"{line.split()[0]} has no description"
+    assert "  train.max_steps (int, default 400000)" in lines
+    assert "      Optimizer steps to train for (may be raised when resuming)." in lines
+    assert "  align.decay_end (int | null, default null)" in lines and "  optim.betas (tuple[float, float]" in res.out
+    assert "train: The loop, precision, EMA, intervals and fault handling" in res.out
+
+    res = run_cli("train", "--help-config", "align")
+    keys = [line.split()[0] for line in res.out.splitlines() if line.startswith("  ") and not line.startswith("   ")]
+    assert res.code == 0 and keys == [k for k in _config_leaves(TrainConfig) if k.startswith("align.")]
+    res = run_cli("train", "--help-config", "optimizer")
+    assert res.code == 2 and "unknown section 'optimizer'; sections: model, diffusion, align" in res.err
+
+
 def test_dry_run_prints_config_and_batch_split(run_cli, tmp_path):
     res = run_cli("train", "--preset", "sit-xl2-irepa", "--dry-run", "--processes", "8", "--run-dir", tmp_path / "r")
     assert res.code == 0, res

@@ -29,7 +29,7 @@ def test_tensor_images_equal_the_metrics_of_the_encoded_tokens(data, encoder):
         {"pixels": encoder},
         data.images,
         masks=data.masks,
-        variants={"g0.6": lambda t: spatial_norm(t, gamma=0.6)},
+        variants={"g0.6": lambda t, _cls: spatial_norm(t, gamma=0.6)},
         batch_size=5,
         keep_tokens=True,
     )
@@ -57,9 +57,9 @@ def test_metric_subset_and_explicit_probe_split(data, encoder):
         metric_indices=range(16, 24),
     )
     assert report.raw.results["pixels"].num_images == 8
-    probe = report.probes["pixels"]
+    probe = report.probes["raw"]["pixels"]
     assert probe.num_train == 16 and probe.num_val == 8 and 0 <= probe.top1 <= 1
-    assert report.to_json()["probes"]["pixels"]["num_val"] == 8
+    assert report.to_json()["probes"]["raw"]["pixels"]["num_val"] == 8
 
 
 def test_folder_equals_tensor(tmp_path, encoder):
@@ -83,7 +83,7 @@ def test_errors(data, encoder):
     with pytest.raises(IrepaError, match="needs class labels"):
         measure_encoders({"p": encoder}, data.images, probe=ProbeOptions())
     with pytest.raises(IrepaError, match="'raw' is the name"):
-        measure_encoders({"p": encoder}, data.images, variants={"raw": lambda t: t})
+        measure_encoders({"p": encoder}, data.images, variants={"raw": lambda t, c: t})
     with pytest.raises(IrepaError, match="metric list is empty"):
         SpatialOptions(metrics=())
     with pytest.raises(IrepaError, match="no token sources"):

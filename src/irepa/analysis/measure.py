@@ -49,8 +49,9 @@ __all__ = [
 REPORT_JSON = "spatial_metrics.json"
 REPORT_CSV = "spatial_metrics.csv"
 
-#: A token transform measured beside the raw tokens: ``(B, T, D) → (B, T, D)`` (e.g. spatial normalization).
-TokenVariant = Callable[[torch.Tensor], torch.Tensor]
+#: A token transform measured beside the raw tokens: ``fn(patch tokens (B, T, D), CLS tokens (B, D) or None) →
+#: (B, T, D)`` (e.g. spatial normalization, CLS mixing).
+TokenVariant = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -296,7 +297,8 @@ class ImageFolder:
         resolution: Side in pixels every image (and mask) is brought to.
         crop: ``adm`` (centre crop), ``resize`` (bicubic) or ``none`` (refuse other sizes).
         on_error: ``skip`` unreadable images (counted) or ``fail``.
-        labels: Derive class labels from the first key component (``ROOT/CLASS/IMAGE``), for the probe.
+        labels: Class labels for the probe: True derives them from the first key component (``ROOT/CLASS/IMAGE``);
+            a mapping gives each image key's class (names or integers; names are numbered in sorted order).
     """
 
     images: Path
@@ -304,7 +306,7 @@ class ImageFolder:
     resolution: int = 256
     crop: str = "adm"
     on_error: str = "skip"
-    labels: bool = False
+    labels: bool | Mapping[str, Any] = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -343,7 +345,8 @@ class EncoderReport:
     Attributes:
         spatial: Token variant (``raw`` first, then the requested variants) → :class:`SpatialReport` over the
             encoders (one source per encoder).
-        probes: Encoder → :class:`~irepa.metrics.probe.ProbeResult` (when a probe was requested).
+        probes: Token variant → encoder → :class:`~irepa.metrics.probe.ProbeResult` (when a probe was requested:
+            ``raw`` only, or every variant with ``probe_variants``).
         encoders: Encoder → ``VisionEncoder.describe()``.
         inputs: Provenance (images, masks, resolution, counts, encoders).
         notes: Remarks for the user (read statistics, random weights).
@@ -352,10 +355,11 @@ class EncoderReport:
         cls_tokens: Encoder → CLS tokens ``(N, D)`` or None (only with ``keep_tokens``).
         masks: Pixel masks ``(N, H, W)`` of the measured images, or None (only with ``keep_tokens``).
         labels: Labels ``(N,)`` or None (only with ``keep_tokens``).
+        images: The uint8 images ``(N, 3, H, W)`` (only with ``keep_tokens``).
     """
 
     spatial: dict[str, SpatialReport]
-    probes: dict[str, Any]
+    probes: dict[str, dict[str, Any]]
     encoders: dict[str, dict[str, Any]]
     inputs: dict[str, Any]
     notes: list[str]
@@ -364,6 +368,7 @@ class EncoderReport:
     cls_tokens: dict[str, torch.Tensor | None] | None = None
     masks: torch.Tensor | None = None
     labels: torch.Tensor | None = None
+    images: torch.Tensor | None = None
 
     @property
     def raw(self) -> SpatialReport:
@@ -389,7 +394,10 @@ class EncoderReport:
                 }
                 for variant, report in self.spatial.items()
             },
-            "probes": {name: probe.to_dict() for name, probe in self.probes.items()},
+            "probes": {
+                variant: {name: probe.to_dict() for name, probe in results.items()}
+                for variant, results in self.probes.items()
+            },
         }
 
 
@@ -402,6 +410,7 @@ def measure_encoders(
     options: SpatialOptions | None = None,
     variants: Mapping[str, TokenVariant] | None = None,
     probe: ProbeOptions | None = None,
+    probe_variants: bool = False,
     metric_indices: Sequence[int] | None = None,
     batch_size: int = 32,
     device: str | torch.device = "cpu",
@@ -415,12 +424,14 @@ def measure_encoders(
         masks: Pixel masks ``(N, H, W)`` for SRSS (tensor images only; folders carry their own).
         labels: Class labels ``(N,)`` for the probe (tensor images only; folders derive them from class folders).
         options: Spatial-metric settings (``options.grid`` defaults to each encoder's grid).
-        variants: Extra token variants to measure beside ``raw``: name → ``fn((B, T, D)) -> (B, T, D)``.
+        variants: Extra token variants to measure beside ``raw``: name → ``fn(tokens (B, T, D), cls (B, D) | None)
+            -> (B, T, D)``.
         probe: Train the linear probe on the tokens (needs labels).
+        probe_variants: Probe every variant's tokens too (default: the raw tokens only).
         metric_indices: Measure the spatial metrics on these images only (default: all).
         batch_size: Images per encoder forward pass.
         device: Where the metrics are computed (the encoders stay on their own device).
-        keep_tokens: Keep the tokens, CLS tokens, masks and labels in the report (for figures).
+        keep_tokens: Keep the tokens, CLS tokens, images, masks and labels in the report (for figures).
 
     Returns:
         An :class:`EncoderReport`.
@@ -442,7 +453,10 @@ def measure_encoders(
     keys: list[str] = []
     notes: list[str] = []
     inputs: dict[str, Any] = {}
+    kept_images: list[torch.Tensor] = []
     for batch, batch_keys in _image_batches(images, batch_size, notes, inputs):
+        if keep_tokens:
+            kept_images.append(batch)
         for name, encoder in encoders.items():
             out = encoder.encode(batch)
             tokens[name].append(out.patch_tokens.cpu())
@@ -454,7 +468,16 @@ def measure_encoders(
             if images.masks is not None
             else None
         )
-        if images.labels:
+        if isinstance(images.labels, Mapping):
+            missing = [key for key in keys if key not in images.labels]
+            if missing:
+                raise IrepaError(f"no label for image {missing[0]!r} ({len(missing)} of {len(keys)} images unlabelled)")
+            names = sorted({str(images.labels[key]) for key in keys})
+            numbered = all(name.isdigit() for name in names)
+            index = {name: int(name) if numbered else i for i, name in enumerate(names)}
+            labels = torch.tensor([index[str(images.labels[key])] for key in keys])
+            inputs["classes"] = names
+        elif images.labels:
             from irepa.utils.images import class_label_map
 
             classes = class_label_map(keys)
@@ -478,27 +501,28 @@ def measure_encoders(
     subset = None if metric_indices is None else torch.as_tensor(list(metric_indices), dtype=torch.long)
     if subset is not None:
         inputs["metric_images"] = int(subset.numel())
+    if probe is not None and labels is None:
+        raise IrepaError("the linear probe needs class labels (a ROOT/CLASS/IMAGE folder, or labels=...)")
     spatial_reports: dict[str, SpatialReport] = {}
+    probes: dict[str, dict[str, Any]] = {}
     for variant, transform in {"raw": None, **dict(variants or {})}.items():
         results, kept = {}, {}
         report = None
         for name, encoder_tokens in all_tokens.items():
+            if transform is not None:
+                encoder_tokens = transform(encoder_tokens, all_cls[name])
             chosen = encoder_tokens if subset is None else encoder_tokens[subset]
             chosen_masks = None if masks is None else (masks if subset is None else masks[subset])
-            if transform is not None:
-                chosen = transform(chosen)
             source_options = dataclasses.replace(options, grid=options.grid or grids[name])
             report = measure_tokens({name: chosen}, chosen_masks, source_options, device=device, inputs=inputs)
             results.update(report.results)
             kept.update(report.srss_kept)
+            if probe is not None and (variant == "raw" or probe_variants):
+                assert labels is not None
+                result = _probe(encoder_tokens, all_cls[name], labels, probe, name, device)
+                probes.setdefault(variant, {})[name] = result
         assert report is not None
         spatial_reports[variant] = SpatialReport(results, report.metrics, report.settings, inputs, kept)
-
-    probes: dict[str, Any] = {}
-    if probe is not None:
-        if labels is None:
-            raise IrepaError("the linear probe needs class labels (a ROOT/CLASS/IMAGE folder, or labels=...)")
-        probes = {name: _probe(all_tokens[name], all_cls[name], labels, probe, name, device) for name in all_tokens}
     return EncoderReport(
         spatial=spatial_reports,
         probes=probes,
@@ -510,6 +534,7 @@ def measure_encoders(
         cls_tokens=all_cls if keep_tokens else None,
         masks=masks if keep_tokens else None,
         labels=labels if keep_tokens else None,
+        images=torch.cat(kept_images) if keep_tokens else None,
     )
 
 

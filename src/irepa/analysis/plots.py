@@ -63,14 +63,14 @@ def pyplot():
     return plt
 
 
-def save_figure(fig: Any, path: str | Path, *, tight: bool = True) -> Path:
+def save_figure(fig: Any, path: str | Path, *, tight: bool = False) -> Path:
     """Write ``fig`` as a PNG at :data:`DPI` (atomically) and close it.
 
     Args:
         fig: A matplotlib figure.
         path: Output file.
-        tight: Crop to the drawn content (``bbox_inches="tight"``); False keeps the exact figure size, so the
-            PNG is ``figsize × DPI`` pixels.
+        tight: Crop to the drawn content (``bbox_inches="tight"``). The default keeps the exact figure size, so
+            every analysis PNG is ``figsize × DPI`` pixels (the figures lay themselves out to fit).
     """
     from irepa.utils.io import atomic_write
 
@@ -326,7 +326,7 @@ def correlation_figure(
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return save_figure(fig, path, tight=False)
+    return save_figure(fig, path)
 
 
 def sweep_figure(
@@ -339,6 +339,8 @@ def sweep_figure(
     groups: Mapping[str, str] | None = None,
     mark: float | None = None,
     mark_label: str | None = None,
+    reference: Mapping[str, float] | None = None,
+    reference_label: str = "reference",
 ) -> Path:
     """Measures against a swept parameter, one small panel per measure.
 
@@ -352,6 +354,8 @@ def sweep_figure(
         groups: Series name → panel name, to draw several series in one panel (e.g. one per mixing formula).
         mark: Draw a vertical line at this ``x`` (e.g. the recommended γ).
         mark_label: Legend text of that line.
+        reference: Panel name → a value drawn as a horizontal line (e.g. the raw tokens' metric).
+        reference_label: Legend text of the reference lines.
     """
     plt = pyplot()
     groups = dict(groups or {})
@@ -364,11 +368,13 @@ def sweep_figure(
             ax.plot(x, series[name], "o-", ms=3, color=COLORS[(i + 2) % len(COLORS)], label=label, lw=1.5)
         if mark is not None:
             ax.axvline(mark, color="#D55E00", ls="--", lw=1, label=mark_label)
+        if reference and panel in reference:
+            ax.axhline(reference[panel], color="grey", ls=":", lw=1.2, label=reference_label)
         ax.set_title(panel, fontsize=9)
         ax.set_xlabel(x_label, fontsize=9)
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=7)
-        if len(members) > 1 or (mark is not None and mark_label):
+        if len(members) > 1 or (mark is not None and mark_label) or (reference and panel in reference):
             ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()

@@ -70,7 +70,7 @@ def teacher_analysis(
             data.images,
             masks=data.masks,
             options=SpatialOptions(metrics=("lds", "cds", "srss", "rmsc")),
-            variants={"normalized": lambda t: spatial_norm(t, gamma=settings.gamma)},
+            variants={"normalized": lambda t, _cls: spatial_norm(t, gamma=settings.gamma)},
             batch_size=count,  # one forward pass, as the figures' tokens
             keep_tokens=True,
         )

@@ -75,7 +75,7 @@ def curves_figure(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    save_figure(fig, path)
+    save_figure(fig, path, tight=True)
 
 
 def samples_figure(path: str | Path, grids: Mapping[str, np.ndarray], title: str) -> None:
@@ -90,4 +90,4 @@ def samples_figure(path: str | Path, grids: Mapping[str, np.ndarray], title: str
         ax.axis("off")
     fig.suptitle(title, fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 0.95))
-    save_figure(fig, path)
+    save_figure(fig, path, tight=True)

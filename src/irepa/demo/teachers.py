@@ -480,7 +480,7 @@ def evaluate_encoder(encoder: Any, num_images: int = 6000) -> dict[str, Any]:
         metric_indices=range(split, num_images),
         batch_size=500,
     )
-    probe = report.probes["encoder"]
+    probe = report.probes["raw"]["encoder"]
     summary = report.raw.results["encoder"].to_dict(per_image=False)
     return {
         "probe": {

@@ -89,61 +89,6 @@ def test_missing_data_store_is_a_clear_error(run_cli, tmp_path):
     assert res.code == 2 and "is not a data store (no manifest.json there)" in res.err
 
 
-@pytest.fixture(scope="module")
-def ci_stores(tmp_path_factory):
-    """A 32-image synthetic store at 64 px and its latents from a tiny random VAE, made with the real CLI."""
-    from irepa.cli.main import main
-    from irepa.data.vae import save_random_vae
-
-    root = tmp_path_factory.mktemp("ci")
-    vae = save_random_vae(root / "vae")
-    assert (
-        main(
-            [
-                "data",
-                "prepare",
-                "--synthetic",
-                "32",
-                "--num-classes",
-                "4",
-                "--resolution",
-                "64",
-                "--out",
-                str(root / "images"),
-                "--quiet",
-            ]
-        )
-        == 0
-    )
-    assert (
-        main(
-            [
-                "data",
-                "encode",
-                "--store",
-                str(root / "images"),
-                "--vae",
-                str(vae),
-                "--out",
-                str(root / "latents"),
-                "--batch-size",
-                "16",
-                "--quiet",
-            ]
-        )
-        == 0
-    )
-    return [f"data.images={root / 'images'}", f"data.latents={root / 'latents'}"]
-
-
-@pytest.fixture(scope="module")
-def ci_vae(ci_stores):
-    """The tiny random VAE folder the CI latents were encoded with (written by ``ci_stores``)."""
-    from pathlib import Path
-
-    return Path(ci_stores[0].split("=", 1)[1]).parent / "vae"
-
-
 def test_ci_preset_end_to_end_then_resume_then_sample(run_cli, tmp_path, ci_stores, ci_vae):
     run_dir = tmp_path / "run"
     res = run_cli("train", "--preset", "ci", *ci_stores, "--run-dir", run_dir)

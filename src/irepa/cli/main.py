@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "analyze": ("irepa.cli.analyze", "the encoder study: correlations with FID, the paper's numbers, CLS mixing"),
     "data": ("irepa.cli.data", "prepare image stores (ADM centre crop) and encode VAE latents"),
     "convert": ("irepa.cli.convert", "convert official REPA / iREPA / REPA-E checkpoints to safetensors"),
+    "export-vae": ("irepa.cli.export_vae", "write the tuned VAE of an end-to-end (REPA-E) run as a diffusers folder"),
 }
 
 

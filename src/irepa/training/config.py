@@ -110,9 +110,10 @@ class DataConfig:
     """Expected image resolution of the stores (checked against their manifests); ``null`` = any."""
     vae: str | None = None
     """Expected VAE of the latent store (e.g. ``stabilityai/sd-vae-ft-mse``; checked); ``null`` = any."""
-    latent_norm: Literal["per-channel", "sd-scalar"] = "per-channel"
+    latent_norm: Literal["per-channel", "sd-scalar", "vae-stats"] = "per-channel"
     """``per-channel``: (z − mean_c) / std_c with the latent store's statistics (iREPA-ldm, REPA-E);
-    ``sd-scalar``: z · 0.18215 (original REPA)."""
+    ``sd-scalar``: z · 0.18215 (original REPA); ``vae-stats``: per-channel with the statistics the store's VAE came
+    with (REPA-E stage 2: the BatchNorm statistics of the end-to-end run, frozen; ``irepa export-vae``)."""
     flip: bool = False
     """Horizontal flips: pixel space flips images at random; latent space uses the flipped latents stored by
     ``irepa data encode --flip`` (image and latent flipped together). Off in the SiT/REPA/iREPA recipes."""

@@ -79,14 +79,26 @@ def _world_size_from_env() -> int | None:
 
 def _config_help(section: str) -> str:
     """The ``--help-config`` text: per section its keys with type, default and docstring."""
+    import dataclasses
     import textwrap
 
     import yaml
 
     from irepa.config import describe
     from irepa.training.config import TrainConfig
+    from irepa.training.objectives import OBJECTIVES
 
-    fields = describe(TrainConfig)
+    fields = []
+    for field in describe(TrainConfig):
+        if field.key != "objective.settings":
+            fields.append(field)
+            continue
+        # The objective's settings are flat keys of the section, one dataclass per registered objective.
+        for name, objective in OBJECTIVES.items():
+            fields += [
+                dataclasses.replace(f, doc=f"(objective {name}) {f.doc}".strip(), section_doc=field.section_doc)
+                for f in describe(objective.Settings, "objective.")
+            ]
     sections = list(dict.fromkeys(f.key.split(".")[0] for f in fields if "." in f.key))
     if section and section not in sections:
         raise IrepaError(f"--help-config: unknown section {section!r}; sections: {', '.join(sections)}")

@@ -172,3 +172,27 @@ def test_changed_config_on_resume_is_refused(run_cli, tmp_path, ci_stores):
     assert run_cli("train", "--preset", "ci", *ci_stores, "train.max_steps=2", "--run-dir", run_dir).code == 0
     res = run_cli("train", "--preset", "ci", *ci_stores, "align.weight=0.5", "--run-dir", run_dir)
     assert res.code == 2 and "align.weight: 1.0 -> 0.5" in res.err and "use a new run directory" in res.err
+
+
+def test_teacher_weights_are_looked_for_in_the_irepa_cache(run_cli, tmp_path, ci_stores, monkeypatch):
+    """The trainer's teacher looks where `irepa encoders download` puts weights ($IREPA_CACHE/encoders/ID/)."""
+    import yaml
+
+    from irepa.training.presets import load_preset
+
+    layer = load_preset("ci")
+    layer["align"]["encoders"] = ["mocov3-vit-s"]  # hosted at a URL: only the irepa cache can hold it offline
+    layer["teacher"] = {"offline": True}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(layer))
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("IREPA_CACHE", str(cache))
+    res = run_cli("train", "--config", tmp_path / "c.yaml", *ci_stores, "--run-dir", tmp_path / "r")
+    assert res.code == 2 and f"irepa cache {cache / 'encoders' / 'mocov3-vit-s'}" in res.err, res
+
+    # A (corrupt) file where the download command would have put it is found and read: one-line error naming it.
+    folder = cache / "encoders" / "mocov3-vit-s"
+    folder.mkdir(parents=True)
+    (folder / "vit-s-300ep.pth.tar").write_bytes(b"not a checkpoint")
+    res = run_cli("train", "--config", tmp_path / "c.yaml", *ci_stores, "--run-dir", tmp_path / "r2")
+    assert res.code == 2 and str(folder / "vit-s-300ep.pth.tar") in res.err, res
+    assert len(res.err.strip().splitlines()) == 1

@@ -99,7 +99,9 @@ def run(args: argparse.Namespace) -> int:
 
     from irepa.training.trainer import Trainer
 
-    trainer = Trainer(config, run_dir, expected_world_size=env_world)
+    from irepa.cli.encoders import environment_locations
+
+    trainer = Trainer(config, run_dir, expected_world_size=env_world, weight_locations=environment_locations())
     result = trainer.fit()
     if trainer.is_main:
         if result.status == "interrupted":

@@ -84,9 +84,12 @@ class TeacherConfig:
     weights: dict[str, str] = dataclasses.field(default_factory=dict)
     """Explicit weights file or folder per encoder id (``{dinov2-vit-b: /ckpt/dinov2_vitb14.safetensors}``)."""
     cache_dir: str | None = None
-    """Weights cache folder (``null`` = the libraries' default caches)."""
+    """irepa cache root (``<cache_dir>/encoders/<id>/``); ``null`` = the one every command uses: ``$IREPA_CACHE``,
+    else ``~/.cache/irepa`` (where ``irepa encoders download`` puts weights), plus the Hugging Face and torch hub
+    caches."""
     offline: bool = False
-    """Never download: missing weights are an error naming what was looked for."""
+    """Never download: missing weights are an error naming what was looked for (also ``HF_HUB_OFFLINE=1`` or
+    ``IREPA_OFFLINE=1``)."""
     pretrained: bool = True
     """``false`` builds randomly initialized encoders: only for tests and smoke runs (targets are meaningless)."""
     arch_overrides: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)

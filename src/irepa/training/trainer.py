@@ -34,7 +34,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal
 
 import torch
 import yaml
@@ -57,6 +57,9 @@ from irepa.training.logging import MetricAccumulator, TrainLogger
 from irepa.training.signals import StopSignal
 from irepa.training.timing import StepTimer
 from irepa.utils.io import write_text
+
+if TYPE_CHECKING:
+    from irepa.encoders import WeightLocations
 
 __all__ = ["FitResult", "Hook", "Trainer"]
 
@@ -111,6 +114,9 @@ class Trainer:
         expected_world_size: Process count announced by the launcher (``WORLD_SIZE``), checked against what
             accelerate set up (guards against silently unsynchronized processes on CPU machines).
         stream: Console stream for the main process (default stderr).
+        weight_locations: Where the teacher's encoder weights are looked for (the CLI resolves ``$IREPA_CACHE``
+            and the hub caches, like every command that loads an encoder); ``teacher.cache_dir`` and
+            ``teacher.offline`` override it. ``None`` = only ``teacher.cache_dir``.
 
     Raises:
         IrepaError: Bad input: missing or mismatched data stores, a batch size that does not divide across
@@ -124,12 +130,14 @@ class Trainer:
         *,
         expected_world_size: int | None = None,
         stream: IO[str] | None = None,
+        weight_locations: WeightLocations | None = None,
     ) -> None:
         from irepa.training.data import TrainData
 
         self.config = cfg = config
         self.run_dir = Path(run_dir)
         self.stream = stream
+        self.weight_locations = weight_locations
         self.accelerator = make_accelerator(cfg.train.device, expected_world_size=expected_world_size)
         self.device = self.accelerator.device
         self.world_size = self.accelerator.num_processes
@@ -252,6 +260,7 @@ class Trainer:
             cfg.align.encoders,
             resolution=cfg.teacher.resolution or self.data.image_size[0],
             weights=cfg.teacher.weights,
+            locations=self.weight_locations,
             cache_dir=cfg.teacher.cache_dir,
             offline=cfg.teacher.offline,
             pretrained=cfg.teacher.pretrained,

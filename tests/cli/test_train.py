@@ -12,7 +12,18 @@ def test_help_and_list_presets(run_cli):
     assert res.code == 0 and "--dry-run" in res.out and "torchrun --nproc_per_node" in res.out
     res = run_cli("train", "--list-presets")
     assert res.code == 0
-    assert "sit-xl2-irepa-official-1x1" in res.out and "conv projector, λ 1.0, target norm spatial, depth 8" in res.out
+    assert "sit-xl2-irepa-official-1x1" in res.out
+    assert "conv 3x3 projector, λ 1.0, target norm spatial (γ 0.6), depth 8; bf16" in res.out
+
+
+def test_list_presets_lines_come_from_the_resolved_config(run_cli):
+    lines = {line.split()[0]: line.split(None, 1)[1] for line in run_cli("train", "--list-presets").out.splitlines()}
+    assert "conv 1x1 projector" in lines["sit-xl2-irepa-official-1x1"] and lines["sit-xl2-irepa-official-1x1"].endswith(
+        "fp16"
+    )
+    assert "conv 3x3 projector" in lines["sit-xl2-irepa"]
+    assert len(set(lines.values())) == len(lines)  # no two presets print the same line
+    assert "mlp projector, λ 0.5, target norm none" in lines["sit-b2-repa"]
 
 
 def test_dry_run_prints_config_and_batch_split(run_cli, tmp_path):

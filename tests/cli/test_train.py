@@ -51,6 +51,8 @@ def test_batch_not_divisible_is_a_clear_error(run_cli, tmp_path):
         (["--preset", "sit-b2-repa", "optim.lr"], "not of the form key=value"),
         (["--preset", "sit-b2-repa", "optim.betas=0.9"], "expects 2 values"),
         (["--config", "missing.yaml"], "cannot read config file 'missing.yaml'"),
+        (["--preset", "sit-b2-repa", "optim.lr=inf"], "config key 'optim.lr' must be a finite number, got 'inf'"),
+        (["--preset", "sit-b2-repa", "optim.lr=nan"], "config key 'optim.lr' must be a finite number, got 'nan'"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(run_cli, args, message):

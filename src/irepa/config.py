@@ -29,8 +29,8 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import math
 import difflib
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence

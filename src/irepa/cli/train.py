@@ -17,7 +17,6 @@ import argparse
 import os
 import sys
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from irepa.errors import IrepaError
@@ -108,9 +107,8 @@ def run(args: argparse.Namespace) -> int:
     if args.processes is not None:
         raise IrepaError("--processes only applies to --dry-run; the launcher (torchrun) sets the process count")
 
-    from irepa.training.trainer import Trainer
-
     from irepa.cli.encoders import environment_locations
+    from irepa.training.trainer import Trainer
 
     trainer = Trainer(config, run_dir, expected_world_size=env_world, weight_locations=environment_locations())
     result = trainer.fit()

@@ -16,6 +16,7 @@ images, after ``optim.grad_accumulation`` micro-steps).
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -225,12 +226,17 @@ class LoggingConfig:
     wandb_entity: str | None = None
 
 
+#: A run name is one path component inside ``runs/`` (like checkpoint part names): no separators, no ``..``.
+_RUN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """A complete, resolved training run configuration."""
 
     name: str = ""
-    """Run name (the preset's name by default; shown in logs and W&B)."""
+    """Run name (the preset's name by default; shown in logs and W&B); the default run directory is
+    ``runs/<name>``, so it is one plain folder name (letters, digits, ``_``, ``-``, ``.``)."""
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = dataclasses.field(default_factory=DiffusionConfig)
     align: AlignConfig = dataclasses.field(default_factory=AlignConfig)
@@ -241,6 +247,11 @@ class TrainConfig:
     logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
 
     def __post_init__(self) -> None:
+        if self.name and not _RUN_NAME.match(self.name):
+            raise ConfigError(
+                f"name {self.name!r} is not a plain folder name (letters, digits, '_', '-', '.', not starting with "
+                "'.'): it names the default run directory runs/NAME; use e.g. name=my-run (or pass --run-dir DIR)"
+            )
         if self.data.space == "latent" and not self.data.latents:
             raise ConfigError("data.space=latent needs a latent store: set data.latents=PATH (see docs/data.md)")
         if self.data.space == "pixel" and not self.data.images:

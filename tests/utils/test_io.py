@@ -101,5 +101,5 @@ def test_describe_load_error_names_the_refused_global_instead_of_torchs_advice(t
         text = describe_load_error(info.value)
         assert expected in text and "weights_only" not in text and "\n" not in text
     assert describe_load_error(ValueError("first\nsecond")) == "first"
-    with pytest.raises(IrepaError, match="it pickles the Python object 'posix.system'"):
+    with pytest.raises(IrepaError, match=r"it pickles the Python object 'posix\.system'"):
         load_tensor_file(tmp_path / "blocked.pt")

@@ -212,3 +212,19 @@ def test_teacher_weights_are_looked_for_in_the_irepa_cache(run_cli, tmp_path, ci
     res = run_cli("train", "--config", tmp_path / "c.yaml", *ci_stores, "--run-dir", tmp_path / "r2")
     assert res.code == 2 and str(folder / "vit-s-300ep.pth.tar") in res.err, res
     assert len(res.err.strip().splitlines()) == 1
+
+
+def test_run_dir_that_is_a_file_is_a_one_line_error(run_cli, tmp_path, ci_stores):
+    (tmp_path / "afile").write_text("x")
+    for extra in (["--dry-run"], []):
+        for run_dir in (tmp_path / "afile", tmp_path / "afile" / "below"):
+            res = run_cli("train", "--preset", "ci", *ci_stores, "--run-dir", run_dir, *extra)
+            assert res.code == 2 and f"{str(tmp_path / 'afile')!r} is a file, not a folder" in res.err, res
+            assert len(res.err.strip().splitlines()) == 1
+
+
+def test_world_size_without_master_addr_is_a_one_line_error(run_cli_subprocess, tmp_path):
+    env = {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "", "MASTER_PORT": ""}
+    res = run_cli_subprocess("train", "--preset", "debug", "--run-dir", tmp_path / "r", env=env, timeout=120)
+    assert res.code == 2 and "cannot set up the distributed processes" in res.err and "MASTER_ADDR" in res.err, res
+    assert "Traceback" not in res.err and len(res.err.strip().splitlines()) == 1

@@ -36,6 +36,7 @@ __all__ = [
     "TrainConfig",
     "TrainLoopConfig",
     "check_resume_compatible",
+    "check_run_dir",
     "config_diff",
     "resolve_config",
 ]
@@ -341,6 +342,23 @@ def config_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, tup
 def is_resumable_key(key: str) -> bool:
     """Whether dotted config ``key`` may change when resuming (see :data:`RESUMABLE_KEYS`)."""
     return any(key == k or key.startswith(k + ".") for k in RESUMABLE_KEYS)
+
+
+def check_run_dir(run_dir: str | Path) -> None:
+    """Refuse a run directory path that exists but is not a folder (or lies below a file).
+
+    Raises:
+        ConfigError: Naming the path and the fix.
+    """
+    path = Path(run_dir)
+    for parent in (path, *path.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(
+                    f"run directory {str(path)!r}: {str(parent)!r} is a file, not a folder; pass --run-dir with a "
+                    "new or existing run folder"
+                )
+            return
 
 
 def check_resume_compatible(old: Mapping[str, Any], new: TrainConfig, *, where: str) -> dict[str, tuple[Any, Any]]:

@@ -43,7 +43,7 @@ from torch import nn
 from irepa.config import dump_yaml, to_dict
 from irepa.errors import ConfigError, IrepaError
 from irepa.training.checkpoint import CheckpointError, CheckpointManager, LoadedCheckpoint, check_state_dict
-from irepa.training.config import TrainConfig, check_resume_compatible
+from irepa.training.config import TrainConfig, check_resume_compatible, check_run_dir
 from irepa.training.distributed import (
     capture_rng_state,
     make_accelerator,
@@ -278,7 +278,8 @@ class Trainer:
         return RepresentationAligner.from_config(self.config.align, self.model.hidden_size, self.teacher.embed_dims)
 
     def _check_run_dir(self) -> None:
-        """Refuse a run directory whose recorded config differs in a non-resumable key."""
+        """Refuse a run directory that is not a folder, or whose recorded config differs in a non-resumable key."""
+        check_run_dir(self.run_dir)
         path = self.run_dir / "config.yaml"
         if path.exists():
             from irepa.config import read_yaml

@@ -164,7 +164,8 @@ def test_hand_edited_header_sections_are_one_line_errors(tmp_path, entry, value,
     header = read_safetensors_metadata(path)
     header[entry] = json.dumps(value)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path), metadata=header)
-    with pytest.raises(IrepaError, match=r"inference snapshot '.*edited\.safetensors': (snapshot metadata|a latent-space)"):
+    named = r"inference snapshot '.*edited\.safetensors': (snapshot metadata|a latent-space)"
+    with pytest.raises(IrepaError, match=named):
         read_inference_metadata(path)
     with pytest.raises(IrepaError, match=re.escape(message)):
         load_inference(path)

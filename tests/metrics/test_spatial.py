@@ -181,6 +181,51 @@ def test_rmsc_near_uniform_tokens_stay_exact():
     assert sp.rmsc(base.expand(2, 36, 16).contiguous()).abs().max() < 1e-6
 
 
+def near_uniform_tokens(batch, grid, dim, seed=0, spread=1e-2):
+    """A strong shared component per image plus a weak smooth field: pairwise cosines ≈ 0.9999."""
+    g = torch.Generator().manual_seed(seed)
+    rows, cols = torch.meshgrid(torch.arange(grid[0]), torch.arange(grid[1]), indexing="ij")
+    pos = torch.stack([rows.flatten(), cols.flatten()], -1).float()
+    field = torch.sin(pos @ (torch.rand(batch, 2, dim, generator=g) * 0.6) + torch.rand(batch, 1, dim, generator=g) * 6)
+    base = torch.randn(batch, 1, dim, generator=g)
+    noise = 0.3 * torch.randn(batch, grid[0] * grid[1], dim, generator=g)
+    return base + spread * base.norm(dim=-1, keepdim=True) / dim**0.5 * (field + noise)
+
+
+def float64_distance_metrics(x, grid, near=1, far=6, dmax=8):
+    """LDS and CDS in float64 throughout (vectorized; the loop references above are too slow for 16x16)."""
+    unit = torch.nn.functional.normalize(x.double(), dim=-1)
+    sim = unit @ unit.transpose(1, 2)
+    rows = torch.arange(grid[0]).repeat_interleave(grid[1])
+    cols = torch.arange(grid[1]).repeat(grid[0])
+    dist = (rows[:, None] - rows[None]).abs() + (cols[:, None] - cols[None]).abs()
+    lds = sim[:, (dist >= 1) & (dist <= near)].mean(1) - sim[:, dist >= far].mean(1)
+    correlogram = torch.stack([sim[:, dist == d].mean(1) for d in range(1, dmax + 1)], 1)
+    deltas = torch.arange(1, dmax + 1, dtype=torch.float64)
+    centred = deltas - deltas.mean()
+    return lds, -(correlogram @ centred) / centred.square().sum()
+
+
+def test_distance_sums_keep_digits_on_near_uniform_tokens():
+    # Every cosine ≈ 0.9999, so LDS and CDS are differences of means close to 1 (LDS ~ 5e-5 here). A float32
+    # accumulation over all T² pairs lost 40 % relative on these tokens; the two-stage float64 accumulation stays at
+    # the float32 rounding of S itself (~5e-4 relative), like a float64 reference.
+    grid = (16, 16)
+    x = near_uniform_tokens(4, grid, dim=64)
+    unit = torch.nn.functional.normalize(x.double(), dim=-1)
+    assert (unit @ unit.transpose(1, 2)).min() > 0.999
+    lds_ref, cds_ref = float64_distance_metrics(x, grid)
+    res = sp.compute(x, metrics=("lds", "cds"))
+    assert res.values["lds"].dtype == torch.float32
+    torch.testing.assert_close(res.values["lds"].double(), lds_ref, rtol=3e-3, atol=0)
+    torch.testing.assert_close(res.values["cds"].double(), cds_ref, rtol=3e-3, atol=0)
+    # RMSC on both sides of the direct-form threshold (RMSC 0.01): the similarity-matrix form stays exact too.
+    for spread in (3e-3, 1e-2, 3e-2):
+        y = near_uniform_tokens(4, grid, dim=64, spread=spread)
+        ref = torch.tensor([ref_rmsc(img.double().numpy()) for img in y], dtype=torch.float64)
+        torch.testing.assert_close(sp.rmsc(y).double(), ref, rtol=1e-3, atol=0)
+
+
 def test_srss_undefined_images_are_nan():
     grid = (4, 4)
     x = random_tokens(4, grid)

@@ -30,10 +30,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--which",
-        choices=("auto", "ema", "model"),
+        choices=("auto", "ema", "ema2", "model"),
         default="auto",
-        help="weights to take from a training dict: the EMA (what official evaluation uses; default via auto) or "
-        "the raw model",
+        help="weights to take from a training dict: the EMA (what official evaluation uses; default via auto), "
+        "JiT's second EMA (model_ema2, decay 0.9996) or the raw model",
     )
     parser.add_argument(
         "--vae",
@@ -81,6 +81,12 @@ def run(args: argparse.Namespace) -> int:
         raise IrepaError(f"{str(out)!r} already holds {', '.join(existing)}; pass --overwrite to replace them")
 
     ckpt = load_official_checkpoint(args.checkpoint, which=args.which, model_name=args.model)
+    if ckpt.origin in ("jit", "irepa-jit"):
+        raise IrepaError(
+            f"{args.checkpoint!r} is a {ckpt.model_name} checkpoint: JiT predicts clean images, and inference "
+            "snapshots do not record a prediction type yet; load it in Python with "
+            "irepa.models.official.load_official_checkpoint(...).build_model()"
+        )
     stats = load_latent_stats(args.latent_stats) if args.latent_stats else None
     space = official_space(ckpt, vae=args.vae, latent_normalization=stats)
     official_args = ckpt.args or {}

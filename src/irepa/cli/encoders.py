@@ -107,7 +107,13 @@ def weight_locations(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def add_encoder_arguments(
-    parser: argparse.ArgumentParser, *, required: bool = True, multiple: bool = False, device: bool = True
+    parser: argparse.ArgumentParser,
+    *,
+    required: bool = True,
+    multiple: bool = False,
+    device: bool = True,
+    name_option: bool = True,
+    cls_mixing: bool = True,
 ) -> None:
     """Options of every command that loads zoo encoders.
 
@@ -116,16 +122,19 @@ def add_encoder_arguments(
         required: ``--encoder`` must be given.
         multiple: ``--encoder`` may be repeated (one token source per encoder).
         device: Add ``--device`` (commands that already have one share it).
+        name_option: Add ``--encoder`` (commands taking the name as a positional argument do not).
+        cls_mixing: Add ``--cls-mixing``/``--cls-alpha`` (the CLS-mixing sweep sets them itself).
     """
     group = parser.add_argument_group("encoder")
-    group.add_argument(
-        "--encoder",
-        required=required,
-        metavar="NAME",
-        action="append" if multiple else "store",
-        help="zoo id (see 'irepa encoders list'), e.g. dinov2-vit-b"
-        + ("; repeat to compare encoders" if multiple else ""),
-    )
+    if name_option:
+        group.add_argument(
+            "--encoder",
+            required=required,
+            metavar="NAME",
+            action="append" if multiple else "store",
+            help="zoo id (see 'irepa encoders list'), e.g. dinov2-vit-b"
+            + ("; repeat to compare encoders" if multiple else ""),
+        )
     group.add_argument(
         "--resolution",
         type=int,
@@ -145,13 +154,14 @@ def add_encoder_arguments(
         metavar="VARIANT",
         help="preprocessing variant of the encoder (e.g. 'irepa' for SigLIP's iREPA-compatible ImageNet stats)",
     )
-    group.add_argument(
-        "--cls-mixing",
-        choices=("none", "additive", "convex"),
-        default="none",
-        help="mix the CLS token into patch tokens: additive p+a*c (paper) or convex (1-a)*p+a*c (official code)",
-    )
-    group.add_argument("--cls-alpha", type=float, default=0.0, help="CLS mixing weight a (default 0)")
+    if cls_mixing:
+        group.add_argument(
+            "--cls-mixing",
+            choices=("none", "additive", "convex"),
+            default="none",
+            help="mix the CLS token into patch tokens: additive p+a*c (paper) or convex (1-a)*p+a*c (official code)",
+        )
+        group.add_argument("--cls-alpha", type=float, default=0.0, help="CLS mixing weight a (default 0)")
     if device:
         group.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     group.add_argument(
@@ -187,8 +197,8 @@ def load_encoder_from_args(args: argparse.Namespace, name: str | None = None):
         device=resolve_device(args.device),
         dtype=getattr(torch, args.dtype),
         preprocessing=args.preprocessing,
-        cls_mixing=args.cls_mixing,
-        cls_alpha=args.cls_alpha,
+        cls_mixing=getattr(args, "cls_mixing", "none"),
+        cls_alpha=getattr(args, "cls_alpha", 0.0),
         **weight_locations(args),
     )
 
@@ -227,10 +237,76 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--revision", default=None, help="Hub revision overriding the spec's")
     add_location_arguments(p)
 
+    from irepa.cli.analyze import add_measure_arguments
+
+    p = sub.add_parser(
+        "report",
+        help="report card of one encoder: metrics with/without spatial norm, figures, position vs FID, γ advice",
+        description="Measure one encoder on an image folder and write a report card (report.md, report.json, "
+        "metrics.csv and PNGs): the four spatial metrics of the raw tokens and after spatial normalization over a "
+        "γ sweep, the correlogram, similarity maps and PCA token maps, the linear probe with --labels, where the "
+        "encoder's LDS falls against the paper's LDS-gFID relation (an interval, never one FID) and a γ "
+        "recommendation with its reasoning. See docs/analysis.md.",
+    )
+    p.add_argument("name", metavar="NAME", help="zoo id (see 'irepa encoders list')")
+    p.add_argument(
+        "--gammas",
+        type=float,
+        nargs="+",
+        default=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
+        metavar="G",
+        help="γ values of the spatial-normalization sweep (must include 0)",
+    )
+    p.add_argument(
+        "--relation",
+        type=Path,
+        metavar="FILE",
+        help="position the encoder against your own study: correlations.json of 'irepa analyze correlate' "
+        "(its LDS points) instead of the encoders quoted in the paper's text",
+    )
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder of the report card")
+    add_measure_arguments(p)
+    add_encoder_arguments(p, name_option=False)
+
 
 def run(args: argparse.Namespace) -> int:
     """Dispatch to the chosen action."""
-    return {"list": _list, "info": _info, "download": _download}[args.action](args)
+    return {"list": _list, "info": _info, "download": _download, "report": _report}[args.action](args)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from irepa.analysis.report_card import encoder_report
+    from irepa.cli.analyze import measure_inputs, read_relation
+
+    folder, options, probe = measure_inputs(args)
+    relation = read_relation(args.relation) if args.relation is not None else None
+    encoder = load_encoder_from_args(args, args.name)
+    card = encoder_report(
+        args.name,
+        encoder,
+        folder,
+        args.out,
+        gammas=args.gammas,
+        options=options,
+        probe=probe,
+        relation=relation,
+        batch_size=args.batch_size,
+        device=resolve_device(args.device),
+    )
+    for note in card.report.notes:
+        print(f"note: {note}")
+    print(card.report.raw.table())
+    if card.probe is not None:
+        print(f"probe top-1: {100 * card.probe['top1']:.2f} % ({card.probe['num_val']} held-out images)")
+    pos = card.position
+    if pos.get("interval") is not None:
+        print(
+            f"LDS {pos['value']:.3f}: {int(100 * pos['confidence'])} % prediction interval {pos['interval'][0]:.1f}"
+            f"-{pos['interval'][1]:.1f} gFID against {pos['fit']['n']} points (a range, not a prediction)"
+        )
+    print(f"recommended γ = {card.gamma['gamma']:g}: {card.gamma['reason']}")
+    print(f"wrote {args.out / 'report.md'} and {len(card.files) - 1} more files")
+    return 0
 
 
 def _locations(args: argparse.Namespace) -> WeightLocations:

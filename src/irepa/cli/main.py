@@ -27,9 +27,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sample": ("irepa.cli.sample", "generate samples into an ADM-format .npz with a recipe card"),
     "eval": ("irepa.cli.evaluate", "FID, sFID, IS, precision/recall (ADM protocol); reference statistics"),
     "metrics": ("irepa.cli.metrics", "spatial-structure metrics (LDS, CDS, SRSS, RMSC) of patch tokens"),
-    "encoders": ("irepa.cli.encoders", "list, inspect and download the vision encoders of the zoo"),
+    "encoders": ("irepa.cli.encoders", "list, inspect, download and report on the vision encoders of the zoo"),
     "features": ("irepa.cli.features", "extract encoder patch tokens from an image folder"),
     "probe": ("irepa.cli.probe", "linear probing (global information) on extracted features"),
+    "analyze": ("irepa.cli.analyze", "the encoder study: correlations with FID, the paper's numbers, CLS mixing"),
     "data": ("irepa.cli.data", "prepare image stores (ADM centre crop) and encode VAE latents"),
     "convert": ("irepa.cli.convert", "convert official REPA / iREPA / REPA-E checkpoints to safetensors"),
 }

@@ -12,29 +12,22 @@ image folder first (one token source per encoder) and measures their tokens; SRS
 :func:`irepa.metrics.spatial.masks_to_patches` and filtered by :func:`irepa.metrics.spatial.srss_mask_filter` (the
 paper keeps images with ≥ 64 foreground and ≥ 64 background patches of 256).
 
-The work is split so that other input modes reuse it: :func:`spatial_report` takes ``{name: tokens}`` and optional
-masks and returns a :class:`SpatialReport` (table, JSON, CSV); :func:`write_report` writes it. File loading lives in
+This module only parses arguments and prints: the measurement is :func:`irepa.analysis.measure.measure_tokens`
+(token files) and :func:`irepa.analysis.measure.measure_encoders` (``--encoder``), the one path shared with
+``irepa encoders report``, ``irepa analyze cls-mixing`` and the demo. Token and mask files are read by
 :func:`load_token_sources` and :func:`load_masks`.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import dataclasses
-import io
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 
+from irepa.analysis.measure import REPORT_CSV, REPORT_JSON
 from irepa.errors import IrepaError
-
-REPORT_JSON = "spatial_metrics.json"
-REPORT_CSV = "spatial_metrics.csv"
-
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Parser
@@ -152,217 +145,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# The report (reused by every input mode)
-
-
-@dataclasses.dataclass
-class SpatialReport:
-    """Spatial metrics of several token sources, ready to print or write.
-
-    Attributes:
-        results: Source name → :class:`~irepa.metrics.spatial.SpatialMetricsResult`.
-        metrics: Metric names, in column order.
-        settings: Options shared by all sources (radii, prefix tokens, mask filter).
-        inputs: Where the tokens and masks came from (paths, encoder ids, ...), recorded in the JSON.
-        srss_kept: Source name → number of images kept by the SRSS mask filter (when masks were given).
-    """
-
-    results: dict[str, Any]
-    metrics: list[str]
-    settings: dict[str, Any]
-    inputs: dict[str, Any]
-    srss_kept: dict[str, int]
-
-    def table(self) -> str:
-        """A fixed-width table: one row per source with the number of images, the grid and each metric's mean."""
-        header = ["source", "images", "grid", *self.metrics]
-        rows = []
-        for name, result in self.results.items():
-            row = [name, str(result.num_images), f"{result.grid[0]}x{result.grid[1]}"]
-            for metric in self.metrics:
-                mean = result.means[metric]
-                cell = "nan" if math.isnan(mean) else f"{mean:.4f}"
-                if result.counts[metric] != result.num_images:
-                    cell += f" (n={result.counts[metric]})"
-                row.append(cell)
-            rows.append(row)
-        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-        lines = [
-            "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-            for r in [header, *rows]
-        ]
-        return "\n".join(lines)
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON-safe dict: inputs, settings, and per source the means, counts and per-image values."""
-        return {
-            "inputs": self.inputs,
-            "metrics": self.metrics,
-            "settings": self.settings,
-            "sources": {
-                name: {**result.to_dict(), **({"srss_kept": self.srss_kept[name]} if name in self.srss_kept else {})}
-                for name, result in self.results.items()
-            },
-        }
-
-    def to_csv(self) -> str:
-        """CSV text: ``source,index,<metric>...`` with one row per image and source (``nan`` where undefined)."""
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["source", "index", *self.metrics])
-        for name, result in self.results.items():
-            columns = [result.values[m].tolist() for m in self.metrics]
-            for index in range(result.num_images):
-                writer.writerow([name, index, *(_csv_float(col[index]) for col in columns)])
-        return buffer.getvalue()
-
-
-def _csv_float(value: float) -> str:
-    return "nan" if math.isnan(value) else repr(float(value))
-
-
-def spatial_report(
-    sources: Mapping[str, torch.Tensor],
-    masks: torch.Tensor | None = None,
-    *,
-    metrics: Sequence[str] | None = None,
-    grid: Sequence[int] | None = None,
-    prefix_tokens: int = 0,
-    near: int = 1,
-    far: int = 6,
-    dmax: int = 8,
-    mask_filter: bool = True,
-    min_fg: int | None = None,
-    min_bg: int | None = None,
-    chunk_size: int | None = None,
-    device: str | torch.device = "cpu",
-    inputs: Mapping[str, Any] | None = None,
-) -> SpatialReport:
-    """Compute the spatial metrics of every token source.
-
-    Args:
-        sources: Name → tokens ``(B, P + T, D)``.
-        masks: Foreground masks shared by all sources (same images, same order): patch masks ``(B, T)`` or
-            ``(B, h, w)`` on a source's grid, or pixel masks ``(B, H, W)`` max-pooled to each source's grid.
-        metrics: Metric names; None = ``lds, cds, rmsc`` plus ``srss`` with masks.
-        grid: Token grid ``(H, W)`` (default: square).
-        prefix_tokens: Leading non-grid tokens to drop.
-        near: LDS/SRSS local radius.
-        far: LDS/SRSS distant radius.
-        dmax: CDS correlogram length.
-        mask_filter: Apply the paper's SRSS image filter (``srss_mask_filter``): images failing it get SRSS = NaN.
-        min_fg: Filter threshold on foreground patches (default ``ceil(T/4)``).
-        min_bg: Filter threshold on background patches (default ``ceil(T/4)``).
-        chunk_size: Images per chunk.
-        device: Where to compute.
-        inputs: Provenance recorded in the JSON (file paths, encoder ids, ...).
-
-    Raises:
-        IrepaError: Any invalid input (see :func:`irepa.metrics.spatial.compute`).
-    """
-    from irepa.align.tokens import drop_prefix, resolve_grid
-    from irepa.metrics import spatial
-
-    if not sources:
-        raise IrepaError("no token sources to measure")
-    device = _device(device)
-    prepared: dict[str, torch.Tensor] = {}
-    source_masks: dict[str, torch.Tensor] = {}
-    kept: dict[str, int] = {}
-    for name, tokens in sources.items():
-        if not isinstance(tokens, torch.Tensor) or tokens.ndim != 3:
-            shape = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
-            raise IrepaError(f"token source {name!r} must be (B, T, D), got {shape}")
-        prepared[name] = tokens.to(device)
-        if masks is None:
-            continue
-        if masks.shape[0] != tokens.shape[0]:
-            raise IrepaError(f"masks hold {masks.shape[0]} images but token source {name!r} holds {tokens.shape[0]}")
-        num_tokens = drop_prefix(tokens, prefix_tokens, what=f"tokens {name!r}").shape[1]
-        hw = resolve_grid(num_tokens, grid, what=f"tokens {name!r}")
-        patch = _patch_masks(masks, hw, name)
-        if mask_filter:
-            keep = spatial.srss_mask_filter(patch, min_fg=min_fg, min_bg=min_bg)
-            patch = patch & keep[:, None]  # an all-background mask makes SRSS NaN: the image is excluded
-            kept[name] = int(keep.sum())
-        source_masks[name] = patch.to(device)
-    results = spatial.compute(
-        prepared,
-        masks=source_masks or None,
-        metrics=metrics,
-        grid=grid,
-        near=near,
-        far=far,
-        dmax=dmax,
-        prefix_tokens=prefix_tokens,
-        chunk_size=chunk_size,
-    )
-    names = list(next(iter(results.values())).values)
-    settings: dict[str, Any] = {"near": near, "far": far, "dmax": dmax, "prefix_tokens": prefix_tokens}
-    if masks is not None:
-        settings["mask_filter"] = (
-            {
-                "min_fg": min_fg if min_fg is not None else "ceil(T/4)",
-                "min_bg": min_bg if min_bg is not None else "ceil(T/4)",
-            }
-            if mask_filter
-            else None
-        )
-    return SpatialReport(results, names, settings, dict(inputs or {}), kept)
-
-
-def _patch_masks(masks: torch.Tensor, grid: tuple[int, int], name: str) -> torch.Tensor:
-    """Masks as (B, T) bool on ``grid``: patch masks pass through, larger pixel masks are max-pooled."""
-    from irepa.metrics.spatial import masks_to_patches
-
-    height, width = grid
-    if masks.ndim == 2:
-        if masks.shape[1] != height * width:
-            raise IrepaError(
-                f"masks {tuple(masks.shape)} have {masks.shape[1]} patches but token source {name!r} has a "
-                f"{height}x{width} grid"
-            )
-        values = masks
-    elif masks.ndim == 3:
-        values = masks.reshape(masks.shape[0], -1) if tuple(masks.shape[1:]) == (height, width) else None
-    else:
-        raise IrepaError(f"masks must be (B, T), (B, h, w) or pixel masks (B, H, W), got {tuple(masks.shape)}")
-    if values is None:  # pixel masks
-        if masks.is_floating_point() and not torch.isfinite(masks).all():
-            raise IrepaError("masks contain NaN or Inf")
-        return masks_to_patches(masks, grid)
-    if values.dtype != torch.bool:
-        if values.is_complex() or not bool(((values == 0) | (values == 1)).all()):
-            raise IrepaError("patch masks must be boolean or 0/1 (True/1 = foreground)")
-        values = values != 0
-    return values
-
-
-def _device(device: str | torch.device) -> torch.device:
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise IrepaError(f"device {device!r} is not a torch device (cpu, cuda, cuda:0, ...): {exc}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise IrepaError(f"device {device!r} requested but CUDA is not available; use --device cpu")
-    return dev
-
-
-def write_report(report: SpatialReport, out_dir: str | Path) -> list[Path]:
-    """Write ``spatial_metrics.json`` and ``spatial_metrics.csv`` into ``out_dir`` (atomically, each)."""
-    from irepa.utils.io import write_json, write_text
-
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise IrepaError(f"--out {str(out_dir)!r} exists and is not a directory")
-    payload, table = report.to_json(), report.to_csv()  # everything is rendered before anything is written
-    json_path, csv_path = out_dir / REPORT_JSON, out_dir / REPORT_CSV
-    write_json(json_path, payload)
-    write_text(csv_path, table)
-    return [json_path, csv_path]
-
-
-# ----------------------------------------------------------------------------------------------------------------------
 # File mode
 
 
@@ -427,116 +209,56 @@ def load_masks(path: Path) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Encoder mode
+# The command
 
 
-def encoder_token_sources(
-    args: argparse.Namespace,
-) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, dict[str, Any], list[str]]:
-    """Encode ``args.images`` with every ``--encoder`` and read the matching masks.
+def spatial_options(args: argparse.Namespace, grid: tuple[int, int] | None = None):
+    """The :class:`~irepa.analysis.measure.SpatialOptions` of the metric arguments."""
+    from irepa.analysis.measure import SpatialOptions
 
-    Returns:
-        ``(sources, pixel masks (B, R, R) bool or None, inputs (provenance for the JSON), notes)``; the sources
-        are named by encoder id and hold float32 tokens ``(B, T, D)`` in image-key order.
-
-    Raises:
-        IrepaError: Unknown encoders, missing weights, unreadable images (with ``--on-error fail``), no usable
-            image, a missing or unreadable mask, ``--weights`` with several encoders.
-    """
-    from irepa.cli.encoders import load_encoder_from_args
-    from irepa.data.images import ReadStats, iter_image_batches, list_images
-
-    names = list(dict.fromkeys(args.encoder))
-    if args.weights is not None and len(names) > 1:
-        raise IrepaError("--weights applies to one encoder; give a single --encoder with it")
-    if args.batch_size < 1:
-        raise IrepaError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.masks is not None and not args.masks.is_dir():
-        raise IrepaError(f"--masks {str(args.masks)!r} must be a folder of mask images when --encoder is used")
-    files = list_images(args.images)
-    encoders = {name: load_encoder_from_args(args, name) for name in names}
-    chunks: dict[str, list[torch.Tensor]] = {name: [] for name in names}
-    stats = ReadStats()
-    keys: list[str] = []
-    resolution = args.resolution
-    for images, batch_keys in iter_image_batches(
-        files, args.batch_size, root=args.images, size=resolution, crop=args.crop, on_error=args.on_error, stats=stats
-    ):
-        for name, encoder in encoders.items():
-            chunks[name].append(encoder.encode(images).patch_tokens.cpu())
-        keys.extend(batch_keys)
-    if not keys:
-        raise IrepaError(f"no usable images in {str(args.images)!r} ({stats.skipped} of {len(files)} unreadable)")
-    sources = {name: torch.cat(parts) for name, parts in chunks.items()}
-    masks = None
-    if args.masks is not None:
-        masks = torch.stack([_mask_for(args.masks, key, resolution, args.crop) for key in keys])
-    notes = [f"images: {stats.summary()}"]
-    notes += [
-        f"{name} has random weights (--random-init): its metrics are meaningless"
-        for name, encoder in encoders.items()
-        if encoder.spec.weights is not None and not encoder.weights_info.get("pretrained", False)
-    ]
-    inputs: dict[str, Any] = {
-        "images": str(args.images),
-        "masks": str(args.masks) if args.masks is not None else None,
-        "resolution": resolution,
-        "crop": args.crop,
-        "num_images": len(keys),
-        "skipped": stats.skipped_files,
-        "encoders": {name: encoder.describe() for name, encoder in encoders.items()},
-    }
-    return sources, masks, inputs, notes
-
-
-def _mask_for(root: Path, key: str, size: int, crop: str) -> torch.Tensor:
-    """The mask of image ``key`` as (size, size) bool, cropped or resized exactly like its image.
-
-    Masks are binarized at > 0 first (0/1 and 0/255 masks both work). When the mask must be resized, the binary
-    mask goes through the image's own crop/resize (bicubic) and is thresholded at one half.
-    """
-    import numpy as np
-    from PIL import Image
-
-    from irepa.data.images import IMAGE_EXTENSIONS, center_crop_adm
-
-    candidates = [root / f"{key}{ext}" for ext in IMAGE_EXTENSIONS]
-    path = next((p for p in candidates if p.is_file()), None)
-    if path is None:
-        raise IrepaError(f"no mask for image {key!r} in {str(root)!r} (expected {key}.png or another image type)")
-    try:
-        with Image.open(path) as im:
-            array = np.asarray(im.convert("L") if im.mode not in ("L", "1", "I", "I;16", "F") else im)
-    except Exception as exc:
-        raise IrepaError(f"cannot read mask {str(path)!r}: {exc}") from exc
-    binary = array > 0
-    if binary.shape == (size, size):
-        return torch.from_numpy(binary.copy())
-    if crop == "none":
-        raise IrepaError(f"mask {str(path)!r} is {binary.shape[1]}x{binary.shape[0]}, expected {size}x{size}")
-    image = Image.fromarray(binary.astype(np.uint8) * 255)
-    image = center_crop_adm(image, size) if crop == "adm" else image.resize((size, size), resample=Image.BICUBIC)
-    return torch.from_numpy(np.asarray(image) > 127)
-
-
-def _run_spatial(args: argparse.Namespace) -> int:
-    from irepa.align.tokens import parse_grid
-
-    grid = parse_grid(args.grid) if args.grid else None
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
     if args.metrics is not None and not metrics:
         raise IrepaError("--metrics is empty; list metrics such as lds,cds,srss,rmsc")
     if args.prefix_tokens < 0:
         raise IrepaError(f"--prefix-tokens must be >= 0, got {args.prefix_tokens}")
+    return SpatialOptions(
+        metrics=tuple(metrics) if metrics else None,
+        grid=grid,
+        prefix_tokens=args.prefix_tokens,
+        near=args.near,
+        far=args.far,
+        dmax=args.dmax,
+        mask_filter=not args.no_mask_filter,
+        min_fg=args.min_fg,
+        min_bg=args.min_bg,
+        chunk_size=args.chunk_size,
+    )
+
+
+def _run_spatial(args: argparse.Namespace) -> int:
+    from irepa.align.tokens import parse_grid
+    from irepa.analysis.measure import ImageFolder, measure_encoders, measure_tokens, write_report
+
+    grid = parse_grid(args.grid) if args.grid else None
+    options = spatial_options(args, grid)
     if args.encoder:
+        from irepa.cli.encoders import load_encoder_from_args
+
         if args.files:
             raise IrepaError("give either token FILEs or --encoder with --images, not both")
         if args.images is None:
             raise IrepaError("--encoder needs --images DIR (the images to encode)")
         if args.prefix_tokens:
             raise IrepaError("--prefix-tokens applies to token files; encoders already drop their prefix tokens")
-        sources, masks, inputs, notes = encoder_token_sources(args)
-        grid = grid or next(iter(inputs["encoders"].values()))["grid"]
+        names = list(dict.fromkeys(args.encoder))
+        if args.weights is not None and len(names) > 1:
+            raise IrepaError("--weights applies to one encoder; give a single --encoder with it")
+        if args.masks is not None and not args.masks.is_dir():
+            raise IrepaError(f"--masks {str(args.masks)!r} must be a folder of mask images when --encoder is used")
+        folder = ImageFolder(args.images, args.masks, args.resolution, args.crop, args.on_error)
+        encoders = {name: load_encoder_from_args(args, name) for name in names}
+        measured = measure_encoders(encoders, folder, options=options, batch_size=args.batch_size, device=args.device)
+        report, notes = measured.raw, measured.notes
     else:
         if args.images is not None:
             raise IrepaError("--images needs --encoder NAME (the encoder that computes the tokens)")
@@ -547,22 +269,7 @@ def _run_spatial(args: argparse.Namespace) -> int:
         sources, notes = load_token_sources(args.files)
         masks = load_masks(args.masks) if args.masks else None
         inputs = {"files": [str(p) for p in args.files], "masks": str(args.masks) if args.masks else None}
-    report = spatial_report(
-        sources,
-        masks,
-        metrics=metrics,
-        grid=grid,
-        prefix_tokens=args.prefix_tokens,
-        near=args.near,
-        far=args.far,
-        dmax=args.dmax,
-        mask_filter=not args.no_mask_filter,
-        min_fg=args.min_fg,
-        min_bg=args.min_bg,
-        chunk_size=args.chunk_size,
-        device=args.device,
-        inputs=inputs,
-    )
+        report = measure_tokens(sources, masks, options, device=args.device, inputs=inputs)
     for note in notes:
         print(f"note: {note}")
     print(report.table())

@@ -27,6 +27,7 @@ from typing import Any, Literal
 import torch
 
 from irepa.errors import IrepaError, WeightsNotFoundError
+from irepa.models.vae import VAE_ARCHITECTURES
 from irepa.registry import Registry
 
 __all__ = ["TINY_VAE_CONFIG", "VAE", "VAES", "VAESpec", "canonical_vae_id", "load_vae", "save_random_vae"]
@@ -57,24 +58,9 @@ VAES.register(
 )
 
 #: A 1.0M-parameter AutoencoderKL with the SD-VAE's structure (f8, 4 latent channels), for tests and demos.
-TINY_VAE_CONFIG: dict[str, Any] = {
-    "block_out_channels": (32, 32, 64, 64),
-    "down_block_types": ("DownEncoderBlock2D",) * 4,
-    "up_block_types": ("UpDecoderBlock2D",) * 4,
-    "layers_per_block": 1,
-    "norm_num_groups": 32,
-    "latent_channels": 4,
-}
+TINY_VAE_CONFIG: dict[str, Any] = dict(VAE_ARCHITECTURES.get("tiny"))
 #: The SD-VAE architecture (83.7M parameters), e.g. for shape checks or benchmarks with random weights.
-SD_VAE_CONFIG: dict[str, Any] = {
-    "block_out_channels": (128, 256, 512, 512),
-    "down_block_types": ("DownEncoderBlock2D",) * 4,
-    "up_block_types": ("UpDecoderBlock2D",) * 4,
-    "layers_per_block": 2,
-    "norm_num_groups": 32,
-    "latent_channels": 4,
-    "sample_size": 256,
-}
+SD_VAE_CONFIG: dict[str, Any] = dict(VAE_ARCHITECTURES.get("f8d4"))
 
 
 def canonical_vae_id(name: str) -> str:
@@ -221,7 +207,9 @@ def load_vae(
 
     Args:
         name_or_dir: Hub id (``stabilityai/sd-vae-ft-mse``, or the alias ``sd-vae-ft-mse``) or a folder with
-            ``config.json`` + ``diffusion_pytorch_model.safetensors`` (as written by ``save_pretrained``).
+            ``config.json`` + ``diffusion_pytorch_model.safetensors`` (as written by ``save_pretrained`` and
+            ``irepa export-vae``), or a REPA-E VAE folder (``NAME.pt`` in the latent-diffusion layout, e.g. the
+            released ``e2e-sdvae/``; read by :func:`irepa.models.vae.read_official_vae`).
         weights: A local folder to load the weights from while recording ``name_or_dir`` as the VAE's id.
         revision: Hub revision (branch, tag or commit).
         cache_dir: Hugging Face cache folder (default: the library's).
@@ -242,6 +230,13 @@ def load_vae(
         local = Path(name_or_dir).expanduser()
         name = str(local.resolve())
     if local is not None:
+        if local.is_dir() and not (local / "config.json").is_file() and any(local.glob("*.pt")):
+            # REPA-E's own layout (NAME.pt in the latent-diffusion key layout, + latent stats, + discriminator).
+            from irepa.models.vae import read_official_vae
+
+            official = read_official_vae(local)
+            model = official.model.to(device=device, dtype=torch_dtype)
+            return VAE(model, name=name, revision=revision, weights=str(local.resolve()))
         if not (local / "config.json").is_file():
             raise WeightsNotFoundError(
                 f"VAE folder {str(local)!r} has no config.json; pass a folder written by save_pretrained "

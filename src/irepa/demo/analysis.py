@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["anchor_patches", "encoder_card", "similarity_maps", "teacher_analysis"]
+__all__ = ["encoder_card", "teacher_analysis"]
 
 
 def encoder_card(encoder_id: str) -> dict[str, Any]:
@@ -41,37 +41,6 @@ def encoder_card(encoder_id: str) -> dict[str, Any]:
     return json.loads(card.read_text())
 
 
-def anchor_patches(patch_masks: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """For each image, the foreground patch closest to the foreground's centroid (B,) (row-major index).
-
-    Args:
-        patch_masks: (B, T) bool foreground patches.
-        grid: ``(h, w)``.
-    """
-    h, w = grid
-    rows = torch.arange(h).repeat_interleave(w).float()
-    cols = torch.arange(w).repeat(h).float()
-    fg = patch_masks.float()
-    count = fg.sum(1).clamp_min(1.0)
-    cy, cx = (fg * rows).sum(1) / count, (fg * cols).sum(1) / count
-    dist = (rows[None] - cy[:, None]) ** 2 + (cols[None] - cx[:, None]) ** 2
-    dist = torch.where(patch_masks, dist, torch.full_like(dist, float("inf")))
-    return dist.argmin(1)
-
-
-def similarity_maps(tokens: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
-    """Cosine similarity of each image's anchor token to all its tokens (B, T), float32.
-
-    Args:
-        tokens: (B, T, D).
-        anchors: (B,) token indices.
-    """
-    with torch.autocast(device_type=tokens.device.type, enabled=False):
-        unit = torch.nn.functional.normalize(tokens.float(), dim=-1, eps=1e-8)
-        anchor = unit[torch.arange(unit.shape[0]), anchors]  # (B, D)
-        return torch.einsum("btd,bd->bt", unit, anchor)
-
-
 @torch.no_grad()
 def teacher_analysis(
     teachers: list[str], settings: Any, figure_dir: str | Path, *, device: str | torch.device = "cpu"
@@ -83,8 +52,9 @@ def teacher_analysis(
         "images": count}}``.
     """
     from irepa.align import spatial_norm
+    from irepa.analysis.measure import SpatialOptions, measure_encoders
+    from irepa.analysis.plots import anchor_patches, similarity_figure, similarity_maps
     from irepa.data.synthetic import generate
-    from irepa.demo.plots import similarity_figure
     from irepa.demo.teachers import EVAL_DATA_SEED
     from irepa.encoders import load_encoder
     from irepa.metrics import spatial
@@ -95,15 +65,19 @@ def teacher_analysis(
     for index, teacher in enumerate(teachers):
         encoder = load_encoder(teacher, resolution=settings.image_size, offline=True, device=device)
         grid = tuple(encoder.grid)
-        tokens = encoder.encode(data.images).patch_tokens.cpu()
-        normed = spatial_norm(tokens, gamma=settings.gamma)
-        patch_masks = spatial.masks_to_patches(data.masks, grid)
-        keep = spatial.srss_mask_filter(patch_masks)
-        metrics = ["lds", "cds", "srss", "rmsc"]
-        raw = spatial.compute(tokens, masks=patch_masks & keep[:, None], metrics=metrics, grid=grid)
-        norm = spatial.compute(normed, masks=patch_masks & keep[:, None], metrics=metrics, grid=grid)
+        report = measure_encoders(
+            {teacher: encoder},
+            data.images,
+            masks=data.masks,
+            options=SpatialOptions(metrics=("lds", "cds", "srss", "rmsc")),
+            variants={"normalized": lambda t, _cls: spatial_norm(t, gamma=settings.gamma)},
+            batch_size=count,  # one forward pass, as the figures' tokens
+            keep_tokens=True,
+        )
+        tokens = report.tokens[teacher]
         # Four clear examples: images that pass the SRSS filter, the anchor on the object.
-        shown = torch.nonzero(keep).flatten()[:4]
+        patch_masks = spatial.masks_to_patches(data.masks, grid)
+        shown = torch.nonzero(spatial.srss_mask_filter(patch_masks)).flatten()[:4]
         anchors = anchor_patches(patch_masks[shown], grid)
         name = "similarity.png" if index == 0 else f"similarity-{teacher}.png"
         similarity_figure(
@@ -112,7 +86,7 @@ def teacher_analysis(
             masks=data.masks[shown],
             anchors=anchors,
             raw=similarity_maps(tokens[shown], anchors),
-            normalized=similarity_maps(normed[shown], anchors),
+            normalized=similarity_maps(spatial_norm(tokens[shown], gamma=settings.gamma), anchors),
             grid=grid,
             title=f"{teacher}: cosine similarity to the anchor patch (x)",
             gamma=settings.gamma,
@@ -131,8 +105,8 @@ def teacher_analysis(
                 "metrics": card["demo"]["metrics"],
                 "training_seconds": card["demo"]["training"]["seconds"],
             },
-            "raw": raw.means,
-            "normalized": norm.means,
+            "raw": report.spatial["raw"].means(teacher),
+            "normalized": report.spatial["normalized"].means(teacher),
             "gamma": settings.gamma,
             "images": count,
             "figure": name,

@@ -1,40 +1,20 @@
-"""The demo's figures (matplotlib, Agg backend, PNG written atomically).
+"""The demo's own figures (training curves, sample grids) on the shared plotting module.
 
-Each function takes plain numbers or arrays, draws one figure and writes it; none reads run directories.
+Backend, colours and PNG writing come from :mod:`irepa.analysis.plots`, which also draws the demo's similarity maps
+(:func:`irepa.analysis.plots.similarity_figure`). Each function takes plain numbers or arrays, draws one figure and
+writes it; none reads run directories.
 """
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 
-__all__ = ["curves_figure", "samples_figure", "similarity_figure"]
+from irepa.analysis.plots import COLORS, pyplot, save_figure
 
-#: One colour per run, in run order (colour-blind safe: Okabe–Ito).
-COLORS = ("#000000", "#E69F00", "#0072B2", "#009E73", "#CC79A7", "#D55E00")
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: str | Path) -> None:
-    from irepa.utils.io import atomic_write
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    _pyplot().close(fig)
-    with atomic_write(path, "wb") as f:
-        f.write(buffer.getvalue())
+__all__ = ["curves_figure", "samples_figure"]
 
 
 def _smooth(values: Sequence[float], window: int) -> np.ndarray:
@@ -67,7 +47,7 @@ def curves_figure(
         real_fd: FD of as many unseen real images (drawn as a floor), or None.
         smooth: Moving-average window of the loss curves (log intervals).
     """
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     labels = list(dict.fromkeys([*loss, *fd]))
     color = {label: COLORS[i % len(COLORS)] for i, label in enumerate(labels)}
@@ -95,12 +75,12 @@ def curves_figure(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path, tight=True)
 
 
 def samples_figure(path: str | Path, grids: Mapping[str, np.ndarray], title: str) -> None:
     """Sample grids side by side (one panel per run; rows are classes)."""
-    plt = _pyplot()
+    plt = pyplot()
     first = next(iter(grids.values()))
     panel_width = max(2.2, 5.0 * first.shape[1] / first.shape[0])  # keep each grid's aspect, 5 in tall
     fig, axes = plt.subplots(1, len(grids), figsize=(panel_width * len(grids) + 0.4, 5.8), squeeze=False)
@@ -110,61 +90,4 @@ def samples_figure(path: str | Path, grids: Mapping[str, np.ndarray], title: str
         ax.axis("off")
     fig.suptitle(title, fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 0.95))
-    _save(fig, path)
-
-
-def similarity_figure(
-    path: str | Path,
-    *,
-    images: torch.Tensor,
-    masks: torch.Tensor,
-    anchors: torch.Tensor,
-    raw: torch.Tensor,
-    normalized: torch.Tensor,
-    grid: tuple[int, int],
-    title: str,
-    gamma: float,
-) -> None:
-    """Per example (rows): the image, its object mask, cosine maps of raw and of spatially normalized tokens.
-
-    Args:
-        path: Output PNG.
-        images: uint8 (B, 3, H, W).
-        masks: bool (B, H, W).
-        anchors: (B,) anchor token index (row-major).
-        raw: (B, T) cosine similarity of raw tokens to the anchor.
-        normalized: (B, T) the same after spatial normalization.
-        grid: ``(h, w)`` token grid.
-        title: Figure title.
-        gamma: γ of the spatial normalization (for the column title).
-    """
-    plt = _pyplot()
-    h, w = grid
-    rows = images.shape[0]
-    # Constrained layout keeps the four columns the same size next to a colorbar that spans every row.
-    fig, axes = plt.subplots(rows, 4, figsize=(9.2, 2.3 * rows + 0.5), squeeze=False, layout="constrained")
-    columns = ("image", "object mask", "raw tokens", f"spatially normalized\n(γ = {gamma:g})")
-    for r in range(rows):
-        ay, ax_ = divmod(int(anchors[r]), w)
-        panels = [
-            (images[r].permute(1, 2, 0).numpy(), None),
-            (masks[r].numpy(), "gray"),
-            (raw[r].view(h, w).numpy(), "viridis"),
-            (normalized[r].view(h, w).numpy(), "viridis"),
-        ]
-        for c, (data, cmap) in enumerate(panels):
-            ax = axes[r][c]
-            if c >= 2:
-                im = ax.imshow(data, cmap=cmap, vmin=-1, vmax=1, interpolation="nearest")
-                ax.plot([ax_], [ay], "x", color="red", ms=9, mew=2)
-            else:
-                ax.imshow(data, cmap=cmap, interpolation="nearest")
-                scale = images.shape[-1] / w  # mark the anchor patch's centre in pixels
-                ax.plot([(ax_ + 0.5) * scale - 0.5], [(ay + 0.5) * scale - 0.5], "x", color="red", ms=9, mew=2)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(columns[c], fontsize=9)
-    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.5, label="cosine similarity to the anchor (x)")
-    fig.suptitle(title, fontsize=10)
-    _save(fig, path)
+    save_figure(fig, path, tight=True)

@@ -453,19 +453,6 @@ def load_trained(card: dict[str, Any], weights: str | Path) -> Any:
 # Evaluation
 
 
-@torch.no_grad()
-def encode_tokens(encoder: Any, images: torch.Tensor, batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
-    """Patch tokens (N, T, D) and CLS tokens (N, D) (zeros if none) of uint8 images, float32, in batches."""
-    patches, cls = [], []
-    for start in range(0, images.shape[0], batch_size):
-        out = encoder.encode(images[start : start + batch_size])
-        patches.append(out.patch_tokens)
-        cls.append(
-            out.cls_token if out.cls_token is not None else out.patch_tokens.new_zeros(out.patch_tokens[:, 0].shape)
-        )
-    return torch.cat(patches), torch.cat(cls)
-
-
 def evaluate_encoder(encoder: Any, num_images: int = 6000) -> dict[str, Any]:
     """Linear-probe top-1 and the four spatial metrics of an encoder on held-out synthetic images.
 
@@ -478,21 +465,23 @@ def evaluate_encoder(encoder: Any, num_images: int = 6000) -> dict[str, Any]:
     Returns:
         ``{"probe": {...}, "spatial": {means, counts, settings}, "images": {...}}`` (JSON-safe).
     """
-    from irepa.metrics import spatial
-    from irepa.metrics.probe import linear_probe
+    from irepa.analysis.measure import ProbeOptions, SpatialOptions, measure_encoders
 
     size = int(encoder.resolution[0])
     data = _generate(num_images, EVAL_DATA_SEED, size)
     split = (2 * num_images) // 3
-    tokens, _ = encode_tokens(encoder, data.images)
-    probe = linear_probe(tokens[:split].mean(1), data.labels[:split], tokens[split:].mean(1), data.labels[split:])
-    grid = tuple(encoder.grid)
-    patch_masks = spatial.masks_to_patches(data.masks[split:], grid)
-    keep = spatial.srss_mask_filter(patch_masks)
-    result = spatial.compute(
-        tokens[split:], masks=patch_masks & keep[:, None], metrics=["lds", "cds", "srss", "rmsc"], grid=grid
+    report = measure_encoders(
+        {"encoder": encoder},
+        data.images,
+        masks=data.masks,
+        labels=data.labels,
+        options=SpatialOptions(metrics=("lds", "cds", "srss", "rmsc")),
+        probe=ProbeOptions(train=tuple(range(split)), val=tuple(range(split, num_images))),
+        metric_indices=range(split, num_images),
+        batch_size=500,
     )
-    summary = result.to_dict(per_image=False)
+    probe = report.probes["raw"]["encoder"]
+    summary = report.raw.results["encoder"].to_dict(per_image=False)
     return {
         "probe": {
             "top1": probe.top1,

@@ -23,12 +23,34 @@ from torch import nn
 from irepa.encoders.spec import EncoderSpec, Preprocessing, normalize_resolution
 from irepa.errors import IrepaError
 
-__all__ = ["CLS_MIXING_MODES", "ClsMixing", "EncoderFeatures", "VisionEncoder"]
+__all__ = ["CLS_MIXING_MODES", "ClsMixing", "EncoderFeatures", "VisionEncoder", "mix_cls"]
 
 ClsMixing = Literal["none", "additive", "convex"]
 #: ``additive``: the paper's p_i + α·c (§2, global-information experiment); ``convex``: the official code's
 #: (1 − α)·p_i + α·c (``DINOv2MixedEncoder``, default α = 0.1).
 CLS_MIXING_MODES: tuple[str, ...] = ("none", "additive", "convex")
+
+
+def mix_cls(tokens: torch.Tensor, cls: torch.Tensor, mode: ClsMixing, alpha: float) -> torch.Tensor:
+    """Mix the CLS token into every patch token (the paper's global-information experiment, §2).
+
+    Args:
+        tokens: Patch tokens (B, T, D).
+        cls: CLS tokens (B, D).
+        mode: ``additive`` (paper: ``p_i + α·c``), ``convex`` (official code: ``(1 − α)·p_i + α·c``) or ``none``.
+        alpha: Mixing weight α.
+
+    Returns:
+        Mixed tokens (B, T, D).
+    """
+    if mode == "none":
+        return tokens
+    if mode == "additive":
+        return tokens + alpha * cls[:, None, :]
+    if mode == "convex":
+        return (1.0 - alpha) * tokens + alpha * cls[:, None, :]
+    raise IrepaError(f"unknown CLS mixing {mode!r}; choose one of {', '.join(CLS_MIXING_MODES)}")
+
 
 # Float images may deviate from [0, 1] by rounding only; anything else is a convention mistake ([-1, 1] inputs).
 _RANGE_TOLERANCE = 1e-3
@@ -255,10 +277,7 @@ class VisionEncoder(nn.Module):
             raise RuntimeError(f"encoder {self.spec.id!r} produced tokens {tuple(tokens.shape)}, expected {expected}")
         if self.cls_mixing != "none":
             assert cls is not None
-            if self.cls_mixing == "additive":
-                tokens = tokens + self.cls_alpha * cls[:, None, :]
-            else:
-                tokens = (1.0 - self.cls_alpha) * tokens + self.cls_alpha * cls[:, None, :]
+            tokens = mix_cls(tokens, cls, self.cls_mixing, self.cls_alpha)
         return EncoderFeatures(patch_tokens=tokens, cls_token=cls, grid=self.grid)
 
     def forward(self, images: torch.Tensor) -> EncoderFeatures:

@@ -144,7 +144,7 @@ def save_inference(
         IrepaError: Invalid metadata, or ``model_kwargs`` that do not rebuild ``model``'s architecture.
     """
     from irepa import __version__
-    from irepa.models.sit import build_model
+    from irepa.models.base import build_model
     from irepa.utils.io import save_safetensors
 
     _check_metadata(metadata, model)
@@ -252,7 +252,7 @@ def load_inference(
     """
     from safetensors.torch import load_file
 
-    from irepa.models.sit import build_model
+    from irepa.models.base import build_model
 
     metadata = read_inference_metadata(path)
     name, kwargs = metadata["model"]["name"], metadata["model"]["kwargs"]

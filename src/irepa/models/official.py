@@ -1,9 +1,9 @@
-"""Read official REPA / iREPA (ldm) / REPA-E SiT checkpoints safely and map them onto irepa.
+"""Read official REPA / iREPA (ldm) / REPA-E SiT and JiT / iREPA-JiT checkpoints safely and map them onto irepa.
 
 The official ``.pt`` files are ``torch.save`` pickles. They are read with ``torch.load(weights_only=True)`` inside
 ``torch.serialization.safe_globals`` with an explicit allow-list, :data:`ALLOWED_GLOBALS`:
 
-- ``argparse.Namespace`` — the ``args`` entry of REPA / iREPA / REPA-E training dicts (its values are plain
+- ``argparse.Namespace`` — the ``args`` entry of REPA / iREPA / REPA-E / JiT training dicts (its values are plain
   strings, numbers, booleans, lists and dicts, which ``weights_only`` accepts without help).
 
 Optimizer states, step counters and state dicts need nothing else. A file that pickles anything more is refused
@@ -15,16 +15,22 @@ What is read (prior-implementations §1.6–1.7):
   ``discriminator`` and their optimizers): ``ema`` by default (what the official evaluation uses), ``model`` on
   request;
 - bare state dicts, e.g. REPA's released SiT-XL/2 ``last.pt`` (EMA weights plus one MLP projector);
-- ``module.`` / ``_orig_mod.`` prefixes (DDP, ``torch.compile``) are stripped; very old REPA checkpoints whose
-  upper half is ``decoder_blocks.M`` are renamed to ``blocks.(M + number of encoder blocks)`` (REPA ``--legacy``).
+- JiT / iREPA-JiT training dicts ``{"model", "model_ema1", "model_ema2", "optimizer", "epoch", "args"}``:
+  ``model_ema1`` (decay 0.9999, what JiT samples with) by default, ``model_ema2`` (0.9996) or ``model`` on request;
+- ``module.`` / ``_orig_mod.`` / ``net.`` prefixes (DDP, ``torch.compile``, JiT's ``Denoiser`` wrapper) are
+  stripped; very old REPA checkpoints whose upper half is ``decoder_blocks.M`` are renamed to
+  ``blocks.(M + number of encoder blocks)`` (REPA ``--legacy``).
 
-The SiT architecture is detected from tensor shapes (depth, width, patch, channels, classes, QK-norm, grid); the
-head count, which no shape reveals, comes from an explicit model name, the checkpoint's ``args.model``, the width
-of QK-norm weights, or the standard width → heads table. Projectors (REPA ``projectors.K.{0,2,4}.*`` and iREPA
-``projectors.K.projection_layer.*``) are renamed to :class:`irepa.align.RepresentationAligner`'s layout
-(``projectors.K.net.*``); their kind and conv kernel size are read from the weight shapes (the kernel the released
-iREPA-ldm runs used is whatever the weights say: the ldm CLI default was 1, prior-implementations §6.2). REPA-E's
-``bn.*`` running statistics give the latent normalization.
+The JiT architecture is detected from tensor shapes too (``x_embedder.proj1`` marks a JiT): width, bottleneck,
+patch, depth, grid, heads (from the QK-norm width), in-context length; the in-context start block, which no shape
+reveals, comes from the model name (given or ``args.model``) or the standard size table. The RoPE tables are not in
+JiT state dicts (irepa computes them too). The SiT architecture is detected from tensor shapes (depth, width, patch,
+channels, classes, QK-norm, grid); the head count, which no shape reveals, comes from an explicit model name, the
+checkpoint's ``args.model``, the width of QK-norm weights, or the standard width → heads table. Projectors (REPA
+``projectors.K.{0,2,4}.*`` and iREPA ``projectors.K.projection_layer.*``) are renamed to
+:class:`irepa.align.RepresentationAligner`'s layout (``projectors.K.net.*``); their kind and conv kernel size are
+read from the weight shapes (the kernel the released iREPA-ldm runs used is whatever the weights say: the ldm CLI
+default was 1, prior-implementations §6.2). REPA-E's ``bn.*`` running statistics give the latent normalization.
 """
 
 from __future__ import annotations
@@ -44,8 +50,10 @@ import torch
 from torch import nn
 
 from irepa.errors import IrepaError
+from irepa.models.base import MODELS
 from irepa.models.io import load_state_dict_checked, state_dict_mismatch
-from irepa.models.sit import MODELS, PATCH_SIZES, SIT_SIZES
+from irepa.models.jit import JIT_SIZES
+from irepa.models.sit import PATCH_SIZES, SIT_SIZES
 from irepa.utils.io import describe_load_error, refused_global
 
 __all__ = [
@@ -53,6 +61,8 @@ __all__ = [
     "OfficialCheckpoint",
     "ProjectorInfo",
     "detect_architecture",
+    "detect_jit_architecture",
+    "is_jit_state",
     "load_latent_stats",
     "load_official_checkpoint",
     "official_space",
@@ -65,7 +75,9 @@ ALLOWED_GLOBALS: tuple[type, ...] = (argparse.Namespace,)
 #: SD-VAE scale of REPA's latents (``z · 0.18215``).
 SD_VAE_SCALE = 0.18215
 
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.", "net.")
+#: Weights a JiT training dict offers, by ``which``.
+_JIT_ENTRIES = {"ema": "model_ema1", "ema2": "model_ema2", "model": "model"}
 _KWARG_ORDER = ("input_size", "patch_size", "in_channels", "hidden_size", "depth", "num_heads", "mlp_ratio",
                 "num_classes", "null_class", "qk_norm", "time_interval")  # fmt: skip
 
@@ -206,6 +218,8 @@ def detect_architecture(
         # A named architecture wins over the detected one: a checkpoint of another size then fails the strict
         # key/shape check with the mismatched keys named. Data-dependent fields stay as detected.
         defaults = MODELS.get(model_name).defaults  # unknown names fail here, with suggestions
+        if not MODELS.canonical(model_name).startswith("SiT-"):
+            raise IrepaError(f"{model_name} is not a SiT architecture, but the checkpoint holds SiT weights")
         patch_size = defaults["patch_size"]
         kwargs = {
             "input_size": side * patch if (side * patch) % patch_size == 0 else side * patch_size,
@@ -246,6 +260,95 @@ def detect_architecture(
     if name is None:  # a non-standard size: the closest registered name, every field given explicitly
         name = arg_model if isinstance(arg_model, str) and arg_model in MODELS else f"SiT-S/{patch}"
     return name, kwargs
+
+
+def is_jit_state(state: Mapping[str, torch.Tensor]) -> bool:
+    """Whether ``state`` (prefixes stripped) is a JiT state dict: it has the bottleneck patch embedding."""
+    return "x_embedder.proj1.weight" in state
+
+
+def detect_jit_architecture(
+    state: Mapping[str, torch.Tensor], *, model_name: str | None = None, args: Mapping[str, Any] | None = None
+) -> tuple[str, dict[str, Any]]:
+    """Infer ``(registry name, JiT kwargs)`` from a JiT state dict in the official layout.
+
+    Args:
+        state: JiT keys only (no projectors).
+        model_name: Force this registry name (``"JiT-B/16"``): its depth / width / heads / patch / bottleneck /
+            in-context start win, so a checkpoint of another size fails the strict load naming the keys.
+        args: The checkpoint's ``args`` (``model``, ``class_num``, ``attn_dropout``, ``proj_dropout`` are used).
+
+    Raises:
+        IrepaError: An architecture that cannot be determined.
+    """
+    args = dict(args or {})
+    proj1, proj2 = state["x_embedder.proj1.weight"], state.get("x_embedder.proj2.weight")
+    if proj1.ndim != 4 or proj1.shape[2] != proj1.shape[3] or proj2 is None or proj2.ndim != 4:
+        raise IrepaError("JiT state dict has no square-patch x_embedder.proj1 / 1x1 x_embedder.proj2 weights")
+    width, bottleneck = int(proj2.shape[0]), int(proj1.shape[0])
+    in_channels, patch = int(proj1.shape[1]), int(proj1.shape[2])
+    block_ids = sorted({int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))})
+    if not block_ids or block_ids != list(range(len(block_ids))):
+        raise IrepaError(f"JiT state dict has no contiguous blocks.0..N (found block indices {block_ids[:8]})")
+    pos = state.get("pos_embed")
+    if pos is None or pos.ndim != 3 or math.isqrt(int(pos.shape[1])) ** 2 != pos.shape[1]:
+        raise IrepaError("JiT state dict has no 'pos_embed' (1, T, D) of a square grid: cannot tell the input size")
+    side = math.isqrt(int(pos.shape[1]))
+    table = state.get("y_embedder.embedding_table.weight")
+    if table is None:
+        raise IrepaError("JiT state dict has no 'y_embedder.embedding_table.weight'")
+    rows, num_classes = int(table.shape[0]), args.get("class_num")
+    if isinstance(num_classes, int) and rows in (num_classes, num_classes + 1):
+        null_class = rows == num_classes + 1
+    else:  # upstream always builds the table with the null row
+        num_classes, null_class = rows - 1, True
+    q_norm = state.get("blocks.0.attn.q_norm.weight")
+    posemb = state.get("in_context_posemb")
+    w12 = state.get("blocks.0.mlp.w12.weight")
+    mlp_ratio = 4.0
+    if w12 is not None and int(w12.shape[0]) // 2 != int(int(width * mlp_ratio) * 2 / 3):
+        raise IrepaError(f"JiT SwiGLU width {int(w12.shape[0]) // 2} is not the standard mlp_ratio 4 of width {width}")
+    detected: dict[str, Any] = {
+        "input_size": side * patch,
+        "patch_size": patch,
+        "in_channels": in_channels,
+        "hidden_size": width,
+        "depth": len(block_ids),
+        "num_heads": width // int(q_norm.shape[0]) if q_norm is not None else None,
+        "mlp_ratio": mlp_ratio,
+        "bottleneck_dim": bottleneck,
+        "in_context_len": int(posemb.shape[1]) if posemb is not None else 0,
+        "in_context_start": None,
+        "num_classes": num_classes,
+        "null_class": null_class,
+        "qk_norm": q_norm is not None,
+        "attn_drop": float(args.get("attn_dropout", 0.0) or 0.0),
+        "proj_drop": float(args.get("proj_dropout", 0.0) or 0.0),
+    }
+    arg_model = args.get("model")
+    name = model_name or (arg_model if isinstance(arg_model, str) and arg_model in MODELS else None)
+    if name is not None:
+        # A named architecture wins over the detected one: a checkpoint of another size then fails the strict
+        # key/shape check with the mismatched keys named. Data-dependent fields stay as detected.
+        factory = MODELS.get(name)  # unknown names fail here, with suggestions
+        if not MODELS.canonical(name).startswith("JiT-"):
+            raise IrepaError(f"{name} is not a JiT architecture, but the checkpoint holds JiT weights")
+        defaults = factory.defaults
+        if (side * patch) % defaults["patch_size"]:
+            detected["input_size"] = side * defaults["patch_size"]
+        return MODELS.canonical(name), {**detected, **defaults}
+    for size_name, size in JIT_SIZES.items():
+        if (size["depth"], size["hidden_size"], size["bottleneck_dim"]) == (len(block_ids), width, bottleneck):
+            detected.update(size)
+            name = f"JiT-{size_name}/{patch}"
+            break
+    if detected["num_heads"] is None or (detected["in_context_len"] and detected["in_context_start"] is None):
+        raise IrepaError(
+            f"cannot tell the attention heads / in-context start block of a JiT of depth {len(block_ids)} and width "
+            f"{width} from its weights; name the architecture (irepa convert --model JiT-B/16, or model_name=...)"
+        )
+    # A non-standard size or patch: the closest registered name, every field given explicitly.
+    return (name if name in MODELS else f"JiT-B/{16 if patch not in (16, 32) else patch}"), detected
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -366,17 +469,18 @@ class OfficialCheckpoint:
 
     Attributes:
         path: The file read.
-        origin: ``"repa"``, ``"irepa"`` or ``"repa-e"``.
-        container: ``"training-dict"`` (``model``/``ema``/``args``/...) or ``"state-dict"`` (bare weights).
-        which: ``"ema"`` or ``"model"``: which weights were taken.
-        model_name: Registry name (``"SiT-XL/2"``).
-        model_kwargs: Full :class:`~irepa.models.sit.SiT` kwargs; ``build_model(model_name, **model_kwargs)``.
-        state_dict: SiT weights in irepa's (= the official) key layout.
+        origin: ``"repa"``, ``"irepa"``, ``"repa-e"`` (SiT), ``"jit"`` or ``"irepa-jit"`` (JiT with REPA/iREPA).
+        container: ``"training-dict"`` (``model``/``ema``/``args``/... or JiT's ``model_ema1``/...) or
+            ``"state-dict"`` (bare weights).
+        which: ``"ema"``, ``"ema2"`` (JiT's second EMA) or ``"model"``: which weights were taken.
+        model_name: Registry name (``"SiT-XL/2"``, ``"JiT-B/16"``).
+        model_kwargs: Full model kwargs; ``build_model(model_name, **model_kwargs)``.
+        state_dict: Model weights in irepa's (= the official) key layout.
         projectors: Projector weights in the aligner layout (``projectors.K.net.*``); empty if none.
         projector_info: What the projectors are, or None.
         latent_normalization: From REPA-E's ``bn`` buffers, or None.
         args: The pickled ``args`` as a plain dict (None for bare state dicts).
-        steps: Training steps recorded in the file, or None.
+        steps: Training steps recorded in the file (JiT records epochs: None), or None.
     """
 
     path: Path
@@ -393,8 +497,8 @@ class OfficialCheckpoint:
     steps: int | None
 
     def build_model(self, device: torch.device | str = "cpu") -> nn.Module:
-        """The SiT with these weights, in eval mode (built on ``meta``, weights assigned, then moved)."""
-        from irepa.models.sit import build_model
+        """The model with these weights, in eval mode (built on ``meta``, weights assigned, then moved)."""
+        from irepa.models.base import build_model
 
         with torch.device("meta"):
             model = build_model(self.model_name, **self.model_kwargs)
@@ -405,6 +509,8 @@ class OfficialCheckpoint:
         """The alignment recipe of the run (``align:`` section fields), from ``args`` and the projector weights."""
         args = self.args or {}
         out: dict[str, Any] = {}
+        if args.get("enable_repa") is False and self.projector_info is None:  # JiT: enc_type is set but unused
+            return out
         enc = args.get("enc_type")
         if isinstance(enc, str) and enc and enc != "None":
             out["encoders"] = [e.strip() for e in enc.split(",") if e.strip()]
@@ -444,19 +550,20 @@ def _plain(value: Any) -> Any:
 def load_official_checkpoint(
     path: str | Path, *, which: str = "auto", model_name: str | None = None
 ) -> OfficialCheckpoint:
-    """Read an official REPA / iREPA / REPA-E checkpoint and split it into SiT weights, projectors and statistics.
+    """Read an official REPA / iREPA / REPA-E / JiT checkpoint and split it into model weights, projectors and stats.
 
     Args:
         path: The ``.pt`` file (training dict or bare state dict).
-        which: ``"auto"`` (``ema`` if present, else the bare state dict), ``"ema"`` or ``"model"``.
-        model_name: Force the architecture name (e.g. ``"SiT-XL/2"``); by default it is detected.
+        which: ``"auto"`` (the EMA used for sampling — ``ema``, JiT's ``model_ema1`` — if present, else the bare state
+            dict), ``"ema"``, ``"ema2"`` (JiT's ``model_ema2``) or ``"model"``.
+        model_name: Force the architecture name (e.g. ``"SiT-XL/2"``, ``"JiT-B/16"``); by default it is detected.
 
     Raises:
         IrepaError: Unreadable file, unexpected content, or weights that do not fit the (detected or named)
             architecture — the message names the mismatched keys.
     """
-    if which not in ("auto", "ema", "model"):
-        raise IrepaError(f"which must be 'auto', 'ema' or 'model', got {which!r}")
+    if which not in ("auto", "ema", "ema2", "model"):
+        raise IrepaError(f"which must be 'auto', 'ema', 'ema2' or 'model', got {which!r}")
     path = Path(path)
     obj = read_checkpoint_file(path)
     args: dict[str, Any] | None = None
@@ -468,9 +575,24 @@ def load_official_checkpoint(
                 "use --which auto"
             )
         container, chosen, raw = "state-dict", "ema", obj
+    elif isinstance(obj, Mapping) and ("model_ema1" in obj or "model_ema2" in obj):  # JiT: EMAs of the Denoiser
+        container = "training-dict"
+        chosen = "ema" if which == "auto" else which
+        key = _JIT_ENTRIES[chosen]
+        if key not in obj:
+            raise IrepaError(f"checkpoint {str(path)!r} has no {key!r} entry (it has: {', '.join(sorted(obj))})")
+        raw = obj[key]
+        if not _is_state_dict(raw):
+            raise IrepaError(f"checkpoint {str(path)!r}: entry {key!r} is not a state dict of tensors")
+        if obj.get("args") is not None:
+            args = _plain(obj["args"])
+            if not isinstance(args, dict):
+                raise IrepaError(f"checkpoint {str(path)!r}: 'args' is a {type(obj['args']).__name__}, not a Namespace")
     elif isinstance(obj, Mapping) and ("ema" in obj or "model" in obj):
         container = "training-dict"
         chosen = "ema" if which == "auto" else which
+        if chosen == "ema2":
+            raise IrepaError(f"checkpoint {str(path)!r} has one EMA ('ema'); 'ema2' exists only in JiT checkpoints")
         if chosen not in obj:
             raise IrepaError(f"checkpoint {str(path)!r} has no {chosen!r} entry (it has: {', '.join(sorted(obj))})")
         raw = obj[chosen]
@@ -494,17 +616,23 @@ def load_official_checkpoint(
     sit_state = {k: v for k, v in state.items() if not k.startswith(("projectors.", "bn."))}
 
     projectors, info = _convert_projectors(projector_entries) if projector_entries else ({}, None)
-    name, kwargs = detect_architecture(sit_state, model_name=model_name, args=args)
+    jit = is_jit_state(sit_state)
+    if jit:
+        name, kwargs = detect_jit_architecture(sit_state, model_name=model_name, args=args)
+    else:
+        name, kwargs = detect_architecture(sit_state, model_name=model_name, args=args)
     with torch.device("meta"):
         expected = MODELS.get(name)(**kwargs).state_dict()
     problem = state_dict_mismatch(expected, sit_state)
     if problem:
         raise IrepaError(f"checkpoint {str(path)!r} does not match {name} {_arch_summary(kwargs)}: {problem}")
     if info is not None and info.in_dim != kwargs["hidden_size"]:
-        raise IrepaError(f"projectors take width {info.in_dim} but the SiT blocks output {kwargs['hidden_size']}")
+        raise IrepaError(f"projectors take width {info.in_dim} but the blocks output {kwargs['hidden_size']}")
 
     args_keys = set(args or {})
-    if bn or {"bn_momentum", "vae_align_proj_coeff"} & args_keys:
+    if jit:
+        origin = "irepa-jit" if info is not None or (args or {}).get("enable_repa") is True else "jit"
+    elif bn or {"bn_momentum", "vae_align_proj_coeff"} & args_keys:
         origin = "repa-e"
     elif (info is not None and info.layout == "irepa") or {"projection_layer_type", "spnorm_method"} & args_keys:
         origin = "irepa"
@@ -538,6 +666,8 @@ def official_space(
 ) -> dict[str, Any]:
     """The data ``space`` of an official checkpoint's snapshot (latent space, VAE id, normalization, sizes).
 
+    JiT checkpoints are pixel space (``{"kind": "pixel", ...}``).
+
     REPA: SD-VAE ft-mse latents scaled by 0.18215. iREPA-ldm: per-channel statistics from a separate file
     (``sdvae-ft-mse-f8d4-latents-stats.pt``, pass it as ``latent_normalization=load_latent_stats(...)``).
     REPA-E: per-channel statistics from the checkpoint's ``bn`` buffers; its end-to-end tuned VAE is stored in the
@@ -549,6 +679,10 @@ def official_space(
     kwargs = ckpt.model_kwargs
     channels, size = kwargs["in_channels"], kwargs["input_size"]
     args = ckpt.args or {}
+    if ckpt.origin in ("jit", "irepa-jit"):  # pixel space: images in [-1, 1], nothing to decode
+        if vae is not None or latent_normalization is not None:
+            raise IrepaError("JiT checkpoints are pixel-space models: --vae and --latent-stats do not apply")
+        return {"kind": "pixel", "channels": channels, "size": [size, size], "image_size": [size, size]}
     norm: Mapping[str, Any] | None = latent_normalization or ckpt.latent_normalization
     if norm is None and ckpt.origin == "repa":
         norm = {"kind": "sd-scalar", "scale": SD_VAE_SCALE, "bias": 0.0}

@@ -18,35 +18,30 @@ Differences from the official code, all deliberate:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import nn
 
 from irepa.errors import IrepaError
-from irepa.models.layers import FinalLayer, LabelEmbedder, PatchEmbed, SiTBlock, TimestepEmbedder, sincos_pos_embed_2d
-from irepa.registry import Registry
+from irepa.models.base import MODELS, DiffusionTransformer, ModelOutput, as_batch, build_model, count_parameters
+from irepa.models.layers import (
+    AdaLNBlock,
+    FinalLayer,
+    LabelEmbedder,
+    PatchEmbed,
+    TimestepEmbedder,
+    init_adaln_zero,
+    sincos_pos_embed_2d,
+)
 
 __all__ = ["MODELS", "SIT_SIZES", "ModelOutput", "SiT", "build_model", "count_parameters"]
-
-
-class ModelOutput(NamedTuple):
-    """What a diffusion transformer returns (a NamedTuple, so ``torch.func`` and ``torch.compile`` handle it).
-
-    Attributes:
-        out: Predicted velocity (B, C, H, W), same shape as the input.
-        hidden: Tokens (B, T, D) after block ``return_hidden``, or None when not requested.
-    """
-
-    out: torch.Tensor
-    hidden: torch.Tensor | None = None
-
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Model
 
 
-class SiT(nn.Module):
+class SiT(DiffusionTransformer):
     """SiT with adaLN-Zero blocks, in the DiT/SiT module tree (official checkpoints load without renaming).
 
     Args:
@@ -119,83 +114,19 @@ class SiT(nn.Module):
         grid = (height // patch_size, width // patch_size)
         # Fixed sin-cos table: a buffer (state-dict key "pos_embed" as in official files, never trained or counted).
         self.register_buffer("pos_embed", sincos_pos_embed_2d(hidden_size, grid).unsqueeze(0), persistent=True)
-        self.blocks = nn.ModuleList(SiTBlock(hidden_size, num_heads, mlp_ratio, qk_norm=qk_norm) for _ in range(depth))
+        self.blocks = nn.ModuleList(
+            AdaLNBlock(hidden_size, num_heads, mlp_ratio, qk_norm=qk_norm) for _ in range(depth)
+        )
         self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
         self.initialize_weights()
-
-    # -- properties ----------------------------------------------------------------------------------------------------
-
-    @property
-    def config(self) -> dict[str, Any]:
-        """Constructor keyword arguments that rebuild this architecture (JSON-safe; what snapshots store)."""
-        return dict(self._config)
-
-    @property
-    def hidden_size(self) -> int:
-        """Token width ``D``."""
-        return self._config["hidden_size"]
-
-    @property
-    def depth(self) -> int:
-        """Number of transformer blocks."""
-        return self._config["depth"]
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        """Token grid ``(H / p, W / p)``."""
-        return (self.input_size[0] // self.patch_size, self.input_size[1] // self.patch_size)
-
-    @property
-    def num_classes(self) -> int:
-        """Number of real classes."""
-        return self._config["num_classes"]
-
-    @property
-    def null_label(self) -> int:
-        """The null (unconditional) label, ``num_classes``; only embeddable when ``null_class`` is set."""
-        return self._config["num_classes"]
-
-    @property
-    def has_null_class(self) -> bool:
-        """Whether the label table has a row for :attr:`null_label`."""
-        return self._config["null_class"]
 
     # -- init ----------------------------------------------------------------------------------------------------------
 
     def initialize_weights(self) -> None:
         """Official DiT/SiT init: xavier linears, zeroed adaLN and output layers, N(0, 0.02) embedders."""
-
-        def basic_init(module: nn.Module) -> None:
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-
-        self.apply(basic_init)
-        # Patch embedding initialised like a linear layer over the flattened (C, p, p) patch.
-        weight = self.x_embedder.proj.weight
-        nn.init.xavier_uniform_(weight.view(weight.shape[0], -1))
-        nn.init.zeros_(self.x_embedder.proj.bias)
-        nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
-        for embedder in (self.t_embedder, self.h_embedder):
-            if embedder is not None:
-                nn.init.normal_(embedder.mlp[0].weight, std=0.02)
-                nn.init.normal_(embedder.mlp[2].weight, std=0.02)
-        for block in self.blocks:
-            nn.init.zeros_(block.adaLN_modulation[-1].weight)
-            nn.init.zeros_(block.adaLN_modulation[-1].bias)
-        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].weight)
-        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].bias)
-        nn.init.zeros_(self.final_layer.linear.weight)
-        nn.init.zeros_(self.final_layer.linear.bias)
+        init_adaln_zero(self, [self.x_embedder.proj])
 
     # -- forward -------------------------------------------------------------------------------------------------------
-
-    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
-        """Tokens (B, T, p·p·C) → images (B, C, H, W); per-token channels are ordered (p_row, p_col, C) as upstream."""
-        (gh, gw), p, c = self.grid, self.patch_size, self.out_channels
-        x = x.reshape(x.shape[0], gh, gw, p, p, c)
-        return torch.einsum("nhwpqc->nchpwq", x).reshape(x.shape[0], c, gh * p, gw * p)
 
     def embed_condition(self, t: torch.Tensor, y: torch.Tensor, h: torch.Tensor | None = None) -> torch.Tensor:
         """Conditioning vector ``c = t_emb(t) + y_emb(y) [+ h_emb(h)]`` (B, D)."""
@@ -203,7 +134,7 @@ class SiT(nn.Module):
         if self.h_embedder is not None:
             if h is None:
                 raise IrepaError("this SiT was built with time_interval=True: pass the interval h = t - r as h=")
-            c = c + self.h_embedder(_as_batch(h, c.shape[0], "h", c.device))
+            c = c + self.h_embedder(as_batch(h, c.shape[0], "h", c.device))
         elif h is not None:
             raise IrepaError("h= was passed but this SiT has no interval embedder; build it with time_interval=True")
         return c
@@ -229,14 +160,8 @@ class SiT(nn.Module):
         Returns:
             ``ModelOutput(out (B, C, H, W), hidden (B, T, D) | None)``.
         """
-        if x.ndim != 4 or x.shape[1] != self.in_channels or tuple(x.shape[2:]) != self.input_size:
-            raise IrepaError(
-                f"SiT input has shape {tuple(x.shape)}; this model takes (B, {self.in_channels}, "
-                f"{self.input_size[0]}, {self.input_size[1]})"
-            )
-        if return_hidden is not None and not 1 <= return_hidden <= self.depth:
-            raise IrepaError(f"return_hidden={return_hidden} is outside the model's blocks 1..{self.depth}")
-        t = _as_batch(t, x.shape[0], "t", x.device)
+        self.check_input(x, return_hidden)
+        t = as_batch(t, x.shape[0], "t", x.device)
         tokens = self.x_embedder(x) + self.pos_embed.to(x.dtype)  # (B, T, D)
         c = self.embed_condition(t, y, h)  # (B, D)
         hidden = None
@@ -246,21 +171,6 @@ class SiT(nn.Module):
                 hidden = tokens
         out = self.unpatchify(self.final_layer(tokens, c))  # (B, C, H, W)
         return ModelOutput(out, hidden)
-
-
-def _as_batch(t: torch.Tensor | float, batch: int, name: str, device: torch.device) -> torch.Tensor:
-    """Broadcast a scalar time to (B,), or check a (B,) time tensor."""
-    t = torch.as_tensor(t, device=device)
-    if t.ndim == 0:
-        return t.expand(batch)
-    if t.shape != (batch,):
-        raise IrepaError(f"{name} has shape {tuple(t.shape)}; expected ({batch},) or a scalar")
-    return t
-
-
-def count_parameters(model: nn.Module, *, trainable_only: bool = False) -> int:
-    """Number of parameters of ``model`` (the fixed ``pos_embed`` buffer is never counted)."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -274,10 +184,6 @@ SIT_SIZES: dict[str, dict[str, int]] = {
     "XL": {"depth": 28, "hidden_size": 1152, "num_heads": 16},
 }
 PATCH_SIZES = (1, 2, 4, 8)
-
-#: Model factories by name ("SiT-XL/2", ...); each accepts :class:`SiT` keyword overrides and exposes its
-#: architecture defaults as ``factory.defaults`` (depth, hidden_size, num_heads, patch_size).
-MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 
 _SIT_KWARGS = (
     "input_size",
@@ -316,16 +222,3 @@ for _size_name, _size in SIT_SIZES.items():
     for _patch in PATCH_SIZES:
         _name = f"SiT-{_size_name}/{_patch}"
         MODELS.register(_name, _sit_factory(_name, _size, _patch))
-
-
-def build_model(name: str, **overrides: Any) -> nn.Module:
-    """Build the registered model ``name`` (e.g. ``"SiT-XL/2"``) with keyword ``overrides`` of its defaults.
-
-    Defaults are ImageNet 256 px with SD-VAE latents: ``input_size=32``, ``in_channels=4``, ``num_classes=1000``
-    with a null class. Build on the ``meta`` device (``with torch.device("meta"):``) to inspect shapes for free.
-
-    Raises:
-        UnknownNameError: For an unregistered name (with close matches).
-        IrepaError: For an unknown or invalid override.
-    """
-    return MODELS.get(name)(**overrides)

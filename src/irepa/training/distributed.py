@@ -14,11 +14,18 @@ The per-step randomness of the objective (noise, times, label dropout, latent sa
 seeded identically on every process, drawn for the *whole global batch* and sliced per process, so a run gives the
 same result for any number of processes (up to floating-point reduction order). The global Python / NumPy / torch
 generators are seeded with ``seed + rank`` (the official recipes' convention) for anything else.
+
+**Explicit gradient synchronization.** Objectives that differentiate through :func:`torch.func.jvp` (MeanFlow) must
+call the *unwrapped* module, which bypasses DDP's gradient hooks: without further action every process silently
+steps with its own gradients (the bug of the public MeanFlow ports, prior-implementations §13). They call
+:func:`sync_gradients` after the last backward of a step (bucketed all-reduce, averaged over processes), and
+:func:`check_replicas_in_sync` periodically verifies that the processes still hold identical tensors.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -30,11 +37,14 @@ if TYPE_CHECKING:
     from accelerate import Accelerator
 
 __all__ = [
+    "ReplicaDivergenceError",
     "capture_rng_state",
+    "check_replicas_in_sync",
     "make_accelerator",
     "per_device_batch_size",
     "restore_rng_state",
     "seed_everything",
+    "sync_gradients",
 ]
 
 
@@ -155,3 +165,138 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         cuda_states = state["cuda"]
         if len(cuda_states) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda_states)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Explicit gradient synchronization (objectives that bypass DDP)
+
+#: Default bucket size of :func:`sync_gradients` (DDP's default ``bucket_cap_mb``).
+GRAD_BUCKET_MB = 25.0
+
+
+class ReplicaDivergenceError(IrepaError):
+    """The processes of a data-parallel run hold different tensors (they are not synchronized)."""
+
+
+def _world(group: Any = None) -> int:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return 1
+    return dist.get_world_size(group)
+
+
+def sync_gradients(
+    params: Iterable[torch.nn.Parameter],
+    world_size: int,
+    *,
+    bucket_mb: float = GRAD_BUCKET_MB,
+    group: Any = None,
+) -> int:
+    """Average the gradients of ``params`` over the processes, in place: flatten into buckets, all-reduce, unflatten.
+
+    What DDP's backward hooks do, for objectives that cannot use them (a ``torch.func.jvp`` through the unwrapped
+    module). Call it on every process once per optimizer step, after the *last* micro-batch's backward (the
+    micro-batches' gradients are summed locally first, as under ``no_sync``), before clipping. Gradients are packed,
+    in parameter order, into flat buckets of about ``bucket_mb`` MiB per (device, dtype); each bucket is summed by
+    one ``all_reduce`` and divided by the world size, and copied back: a handful of collectives per step instead of
+    one per parameter. Afterwards every process holds bit-identical gradients.
+
+    A parameter whose gradient is ``None`` on some processes but not on others gets a zero gradient where it was
+    missing (its average is then right); one whose gradient is ``None`` everywhere stays ``None``, as in a
+    one-process run. Agreeing on that costs one small extra all-reduce.
+
+    Args:
+        params: The trained parameters, in the same order on every process.
+        world_size: Number of processes (nothing happens for 1).
+        bucket_mb: Bucket size in MiB (a bucket holds at least one gradient).
+        group: The process group (default: the world).
+
+    Returns:
+        The number of buckets all-reduced (0 when there is nothing to do).
+    """
+    import torch.distributed as dist
+
+    params = [p for p in params if p.requires_grad]
+    if world_size <= 1 or not params:
+        return 0
+    if bucket_mb <= 0:
+        raise IrepaError(f"bucket_mb must be > 0, got {bucket_mb}")
+    present = torch.tensor([p.grad is not None for p in params], dtype=torch.int32, device=params[0].device)
+    dist.all_reduce(present, group=group)
+    grads: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+    for param, count in zip(params, present.tolist(), strict=True):
+        if count == 0:
+            continue
+        if param.grad is None:
+            param.grad = torch.zeros_like(param)
+        if param.grad.is_sparse:
+            raise IrepaError("sync_gradients does not support sparse gradients")
+        grads.setdefault((param.grad.device, param.grad.dtype), []).append(param.grad)
+    limit = int(bucket_mb * 2**20)
+    buckets = 0
+    for group_grads in grads.values():
+        bucket: list[torch.Tensor] = []
+        size = 0
+        for grad in [*group_grads, None]:
+            if grad is not None and (not bucket or size + grad.numel() * grad.element_size() <= limit):
+                bucket.append(grad)
+                size += grad.numel() * grad.element_size()
+                continue
+            if bucket:
+                flat = torch.cat([g.reshape(-1) for g in bucket])
+                dist.all_reduce(flat, group=group)
+                flat.div_(world_size)
+                for g, chunk in zip(bucket, flat.split([g.numel() for g in bucket]), strict=True):
+                    g.copy_(chunk.view_as(g))
+                buckets += 1
+            bucket, size = ([grad], grad.numel() * grad.element_size()) if grad is not None else ([], 0)
+    return buckets
+
+
+def check_replicas_in_sync(
+    tensors: Mapping[str, torch.Tensor | None], *, what: str = "parameters", step: int | None = None, group: Any = None
+) -> None:
+    """Verify that every process holds bit-identical ``tensors`` (a cheap cross-rank checksum).
+
+    Each tensor is reduced to two float64 numbers (sum and sum of squares), all-gathered and compared exactly, so
+    the check costs one small collective. ``None`` entries (e.g. missing gradients) count as zeros. Call it on
+    every process; it is a no-op without a process group.
+
+    Args:
+        tensors: Name → tensor, the same names in the same order on every process.
+        what: What the tensors are, for the message (``"parameters"``, ``"gradients"``).
+        step: The optimizer step, for the message.
+        group: The process group (default: the world).
+
+    Raises:
+        ReplicaDivergenceError: Naming the first tensor that differs and the processes that disagree.
+    """
+    import torch.distributed as dist
+
+    world = _world(group)
+    if world == 1 or not tensors:
+        return
+    device = next((t.device for t in tensors.values() if t is not None), torch.device("cpu"))
+    with torch.no_grad():
+        rows = []
+        for tensor in tensors.values():
+            if tensor is None:
+                rows.append(torch.zeros(2, dtype=torch.float64, device=device))
+            else:
+                value = tensor.detach().to(torch.float64)
+                rows.append(torch.stack([value.sum(), value.square().sum()]))
+        local = torch.stack(rows)  # (N, 2)
+    gathered = [torch.empty_like(local) for _ in range(world)]
+    dist.all_gather(gathered, local, group=group)
+    reference = gathered[0]
+    for rank, other in enumerate(gathered[1:], start=1):
+        same = ((other == reference) | (other.isnan() & reference.isnan())).all(dim=1)  # NaN == NaN here
+        differs = ~same
+        if bool(differs.any()):
+            name = list(tensors)[int(differs.nonzero()[0])]
+            at = f" at step {step}" if step is not None else ""
+            raise ReplicaDivergenceError(
+                f"the {world} processes hold different {what}{at} (first: {name!r}, rank 0 vs rank {rank}): they "
+                "are not synchronized; an objective that bypasses DDP must call sync_gradients after backward"
+            )

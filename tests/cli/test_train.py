@@ -228,3 +228,19 @@ def test_world_size_without_master_addr_is_a_one_line_error(run_cli_subprocess, 
     res = run_cli_subprocess("train", "--preset", "debug", "--run-dir", tmp_path / "r", env=env, timeout=120)
     assert res.code == 2 and "cannot set up the distributed processes" in res.err and "MASTER_ADDR" in res.err, res
     assert "Traceback" not in res.err and len(res.err.strip().splitlines()) == 1
+
+
+def test_interrupted_data_prepare_is_named_an_incomplete_store(run_cli, tmp_path, ci_stores):
+    """What a killed `irepa data prepare` leaves (build.json + shards, no manifest) is resumable, not 'no store'."""
+    import shutil
+    from pathlib import Path
+
+    images = Path(ci_stores[0].split("=", 1)[1])
+    partial = tmp_path / "partial"
+    shutil.copytree(images, partial)
+    manifest = json.loads((partial / "manifest.json").read_text())
+    (partial / "manifest.json").unlink()
+    (partial / "build.json").write_text(json.dumps(manifest["build"]))
+    res = run_cli("train", "--preset", "ci", f"data.images={partial}", ci_stores[1], "--run-dir", tmp_path / "r")
+    assert res.code == 2 and "is an incomplete data store (1 shard(s) written, no manifest.json)" in res.err, res
+    assert "re-run that command with the same arguments" in res.err and "create it" not in res.err

@@ -149,3 +149,10 @@ def test_real_process(run_cli_subprocess, tmp_path):
     assert res.code == 0, res
     assert res.out.splitlines()[0].split() == ["source", "images", "grid", "lds", "cds", "rmsc"]
     assert (tmp_path / "o" / "spatial_metrics.csv").exists()
+
+
+def test_a_folder_given_as_token_file_says_so(run_cli, tmp_path):
+    (tmp_path / "images" / "c").mkdir(parents=True)
+    res = run_cli("metrics", "spatial", tmp_path / "images")
+    assert res.code == 2 and "is a folder, not a token file" in res.err and "--images DIR" in res.err, res
+    assert "does not exist" not in res.err

@@ -122,6 +122,12 @@ def load_tensor_file(path: str | Path) -> torch.Tensor | dict[str, torch.Tensor]
         IrepaError: Missing, empty, unreadable or unsupported files, and files that hold no tensors.
     """
     path = Path(path)
+    if path.is_dir():
+        raise IrepaError(
+            f"features file {str(path)!r} is a folder, not a token file (.safetensors, .pt, .npy or .npz); for a "
+            "folder of images, extract tokens with an encoder (e.g. `irepa metrics spatial --encoder NAME --images "
+            "DIR` or `irepa features extract`)"
+        )
     if not path.is_file():
         raise IrepaError(f"features file {str(path)!r} does not exist")
     if path.stat().st_size == 0:

@@ -46,7 +46,7 @@ def test_output_piped_into_a_closed_reader_is_not_a_traceback(args):
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "irepa", *args], stdout=write_end, stderr=subprocess.PIPE, text=True, env=env,
-            timeout=120,
+            timeout=600,
         )  # fmt: skip
     finally:
         os.close(write_end)

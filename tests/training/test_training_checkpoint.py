@@ -157,7 +157,7 @@ def _fill(fs, leave_bytes):
 
 @pytest.mark.parametrize("part", ["tensors", "objects"])
 def test_real_full_disk_is_a_checkpoint_error_and_keeps_the_previous_one(small_filesystem, part):
-    """On a real full tmpfs, safetensors (SafetensorError) and torch.save (RuntimeError) failures are CheckpointError."""
+    """On a real full tmpfs, safetensors (SafetensorError) and torch.save (RuntimeError) failures: CheckpointError."""
     fs = small_filesystem(1024)
     mgr = CheckpointManager(fs / "checkpoints", keep_last=1)
     _save(mgr, 1)

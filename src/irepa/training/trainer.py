@@ -643,7 +643,6 @@ class Trainer:
         if self.is_main:
             for step in loaded.skipped:
                 self.checkpoints.quarantine(step)
-        self._warnings.extend(warnings)
         old_config = yaml.safe_load(loaded.texts.get("config.yaml", "")) or {}
         check_resume_compatible(old_config, self.config, where=f"checkpoint {loaded.path}")
         where = f"checkpoint {loaded.path}"
@@ -675,6 +674,7 @@ class Trainer:
                 "RNG streams are re-seeded (data order, noise and weights resume exactly; anything drawn from the "
                 "global RNG does not)"
             )
+        self._warnings.extend(warnings)  # after every warning of this method: fit() logs them once the logger exists
         self._resumed_from = loaded
         self.last_checkpoint = loaded.path
         return True

@@ -31,26 +31,53 @@ METHODS = {
 }
 
 
-def _step_fn(model_name: str, overrides: dict, method: str, align_depth: int, batch: int, device, precision):
+def _step_fn(
+    model_name: str,
+    overrides: dict,
+    method: str,
+    align_depth: int,
+    batch: int,
+    device,
+    precision,
+    *,
+    compile_objective: bool = False,
+    fused_adamw: bool | None = None,
+):
+    """One training step of ``method`` as a closure (model, aligner, AdamW and EMA built on ``device``).
+
+    ``compile_objective`` wraps model + loss + aligner in one ``torch.compile``; ``fused_adamw`` passes
+    ``fused=`` to AdamW (None: PyTorch's default, as the trainer uses).
+    """
     from irepa.align import AlignConfig, RepresentationAligner
+    from irepa.diffusion.losses import denoising_loss
     from irepa.diffusion.paths import get_path
-    from irepa.diffusion.time_sampling import get_time_sampler
     from irepa.models import build_model
     from irepa.training.ema import EMA
-    from irepa.training.objective import DenoisingObjective
 
     torch.manual_seed(0)
-    model = build_model(model_name, **overrides)
-    aligner = None
-    if METHODS[method] is not None:
-        cfg = AlignConfig(encoders=["dinov2-vit-b"], depth=align_depth, **METHODS[method])
-        aligner = RepresentationAligner.from_config(cfg, model.hidden_size, {"dinov2-vit-b": 768})
-    objective = DenoisingObjective(
-        model, get_path("linear"), get_time_sampler("uniform"), aligner=aligner, align_depth=align_depth
-    ).to(device)
+    with torch.device(device):  # initialize on the device (an XL/2 init on the CPU alone takes many seconds)
+        model = build_model(model_name, **overrides)
+        aligner = None
+        if METHODS[method] is not None:
+            cfg = AlignConfig(encoders=["dinov2-vit-b"], depth=align_depth, **METHODS[method])
+            aligner = RepresentationAligner.from_config(cfg, model.hidden_size, {"dinov2-vit-b": 768})
+    path = get_path("linear")
     ema = EMA(model, 0.9999).to(device)
-    params = [p for p in objective.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    params = [p for p in model.parameters() if p.requires_grad]
+    params += list(aligner.parameters()) if aligner is not None else []
+    optimizer = torch.optim.AdamW(params, lr=1e-4, **({} if fused_adamw is None else {"fused": fused_adamw}))
+
+    def objective(x0, y, t, noise, targets):
+        # What the denoising objective computes per micro-batch (irepa.training.objectives.denoising).
+        result = denoising_loss(
+            model, path, x0, y, t=t, noise=noise, return_hidden=align_depth if aligner is not None else None
+        )
+        loss = result.denoise
+        if aligner is not None:
+            loss = loss + aligner.compute(targets, source=result.hidden, grid=model.grid, step=0)["align"]
+        return loss
+
+    forward = torch.compile(objective) if compile_objective else objective
     c, h, w = model.in_channels, *model.input_size
     x0 = torch.randn(batch, c, h, w, device=device)
     y = torch.randint(0, 1000, (batch,), device=device)
@@ -62,8 +89,8 @@ def _step_fn(model_name: str, overrides: dict, method: str, align_depth: int, ba
         t = torch.rand(batch, generator=generator, device=device)
         noise = torch.randn(x0.shape, generator=generator, device=device)
         with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
-            terms = objective(x0, y, t, noise, targets if aligner is not None else None, 0)
-        terms["loss"].backward()
+            loss = forward(x0, y, t, noise, targets)
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

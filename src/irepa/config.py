@@ -9,6 +9,10 @@ this order (later wins)::
 :class:`~irepa.errors.ConfigError` naming the dotted key (with close matches for typos). Validation of value
 ranges and combinations lives in each dataclass's ``__post_init__`` and raises :class:`ConfigError` too.
 
+A section whose valid keys depend on one of its values (``objective: {name: ..., <that objective's settings>}``)
+defines ``from_config_dict(data, prefix)`` (a classmethod building it, with the same checks) and
+``to_config_dict()`` (its plain form); :func:`from_dict` and :func:`to_dict` use them.
+
 YAML note: PyYAML reads ``1e-4`` (no dot) as a *string*. Numeric fields therefore accept strings that parse as the
 declared number type, so ``lr: 1e-4`` works in files and ``optim.lr=1e-4`` on the command line.
 
@@ -170,6 +174,8 @@ def from_dict(cls: type[C], data: Mapping[str, Any], *, prefix: str = "") -> C:
 
 def to_dict(obj: Any) -> Any:
     """Convert a config dataclass (recursively) to plain YAML/JSON-safe Python values."""
+    if hasattr(obj, "to_config_dict") and not isinstance(obj, type):
+        return to_dict(obj.to_config_dict())
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, (list, tuple)):
@@ -244,6 +250,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             return value
         if not isinstance(value, Mapping):
             fail()
+        if hasattr(tp, "from_config_dict"):  # a section whose keys depend on a value (e.g. objective.name)
+            return tp.from_config_dict(value, prefix=key + ".")
         return from_dict(tp, value, prefix=key + ".")
     if tp is bool:
         if isinstance(value, bool):

@@ -118,3 +118,31 @@ def test_convert_in_a_real_process(tmp_path, run_cli_subprocess):
     assert (tmp_path / "snap" / "model.safetensors").is_file()
     missing = run_cli_subprocess("convert", tmp_path / "nope.pt", "--out", tmp_path / "x")
     assert missing.code == 2 and "does not exist" in missing.err
+
+
+def test_convert_repae_training_dict_writes_its_tuned_vae(tmp_path, run_cli):
+    spec = importlib.util.spec_from_file_location(
+        "ldm_vae_layout_for_cli", Path(__file__).resolve().parents[1] / "models" / "ldm_vae_layout.py"
+    )
+    ldm = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ldm)
+    vae = ldm.randomize(ldm.LdmVAE(ch=32, ch_mult=(1, 2), num_res_blocks=1, z=4)).eval()
+    state = L.random_state(L.official_sit_shapes(**QK), seed=0)
+    bn = {"bn.running_mean": torch.tensor([0.1, 0.2, 0.3, 0.4]), "bn.running_var": torch.tensor([1.0, 4.0, 9.0, 16.0]),
+          "bn.num_batches_tracked": torch.tensor(7)}  # fmt: skip
+    ns = argparse.Namespace(model="SiT-S/2", enc_type="dinov2-vit-b", encoder_depth=1, proj_coeff=0.5,
+                            vae_align_proj_coeff=1.5, bn_momentum=0.1, resolution=16, path_type="linear")  # fmt: skip
+    ckpt = {**L.training_dict(state, {**state, **bn}, ns, steps=10), "vae": vae.state_dict()}
+    torch.save(ckpt, tmp_path / "repae.pt")
+    result = run_cli("convert", tmp_path / "repae.pt", "--out", tmp_path / "out")
+    assert result.code == 0, result
+    _, meta = load_inference(tmp_path / "out" / "model.safetensors")
+    assert meta["space"]["vae"] == str((tmp_path / "out" / "vae").resolve())
+    assert meta["space"]["normalization"]["std"] == [1.0, 2.0, 3.0, 4.0]
+    from irepa.data.vae import load_vae
+
+    loaded = load_vae(meta["space"]["vae"])
+    x = torch.rand(1, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model.encode(x).latent_dist.mean, vae.encode(x)[0], atol=1e-5, rtol=1e-4)
+    assert loaded.latent_stats == {"mean": meta["space"]["normalization"]["mean"], "std": [1.0, 2.0, 3.0, 4.0]}

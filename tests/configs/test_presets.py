@@ -63,3 +63,22 @@ def test_paper_presets_match_the_recipe_and_build(name):
     assert params == pytest.approx(PARAMS_M[model_name], abs=0.05)
     assert model.grid == (16, 16) and 1 <= cfg.align.depth <= model.depth
     assert sum(p.numel() for p in aligner.parameters()) > 0
+
+
+@pytest.mark.parametrize("name", ["repae-xl2-sdvae-repa", "repae-xl2-sdvae-irepa"])
+def test_repae_presets_match_the_published_recipe(name):
+    cfg = resolve_config(preset=name)
+    s = cfg.objective.settings
+    assert cfg.objective.name == "repa-e" and s.vae == "f8d4" and s.vae_weights == "pretrained/sdvae"
+    assert (s.l1_weight, s.lpips_weight, s.kl_weight, s.gan_weight, s.gan_start) == (1.0, 1.0, 1e-6, 0.1, 0)
+    assert s.vae_align_weight == 1.5 and s.bn_momentum == 0.1 and s.repae_lpips_input_quirk
+    assert cfg.model.name == "SiT-XL/2" and cfg.align.encoders == ["dinov2-vit-b"] and cfg.align.depth == 8
+    assert cfg.align.weight == 0.5 and cfg.diffusion.label_dropout == 0.1 and cfg.diffusion.path == "linear"
+    assert cfg.data.space == "pixel" and cfg.data.latents is None and cfg.data.resolution == 256
+    assert cfg.optim.lr == 1e-4 and cfg.optim.global_batch_size == 256 and cfg.optim.grad_clip == 1.0
+    assert cfg.train.ema_decay == 0.9999 and cfg.train.max_steps == 400_000
+    if name.endswith("-irepa"):  # iREPA-E: conv projector + spatial normalization, REPA-E's weights kept
+        assert cfg.align.projector == "conv" and cfg.align.kernel_size == 3
+        assert cfg.align.target_norm == "spatial" and cfg.align.gamma == 0.6
+    else:
+        assert cfg.align.projector == "mlp" and cfg.align.target_norm == "none"

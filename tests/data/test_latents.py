@@ -106,3 +106,15 @@ def test_sample_latents():
         sample_latents(torch.zeros(1, 3, 2, 2))
     with pytest.raises(IrepaError, match="noise has shape"):
         sample_latents(moments, noise=torch.zeros(1, 4, 3, 3))
+
+
+def test_vae_stats_normalization_uses_the_statistics_recorded_with_the_vae():
+    from irepa.data.latents import latent_normalization
+    from irepa.errors import IrepaError
+
+    manifest = {"latent_stats": {"mean": [9.0, 9.0], "std": [9.0, 9.0]},
+                "vae": {"id": "/vaes/e2e", "latent_stats": {"mean": [0.5, -1.0], "std": [2.0, 4.0]}}}  # fmt: skip
+    norm = latent_normalization("vae-stats", manifest)
+    assert norm.kind == "per-channel" and norm.bias == (0.5, -1.0) and norm.scale == (0.5, 0.25)
+    with pytest.raises(IrepaError, match="vae-stats needs a latent store encoded with a VAE"):
+        latent_normalization("vae-stats", {"vae": {"id": "stabilityai/sd-vae-ft-mse"}})

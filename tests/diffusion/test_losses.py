@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from irepa.diffusion.losses import DenoisingResult, denoising_loss, drop_labels, velocity_loss
+from irepa.diffusion.losses import DenoisingResult, denoising_loss, drop_labels, label_drop_mask, velocity_loss
 from irepa.diffusion.paths import get_path
 from irepa.diffusion.time_sampling import get_time_sampler
 from irepa.errors import IrepaError
@@ -25,24 +25,26 @@ def test_velocity_loss_is_float32_under_bf16_autocast():
 
 
 @pytest.mark.parametrize("prob", [0.1, 0.5])
-def test_drop_labels_rate_is_the_configured_rate(prob):
+def test_label_dropout_rate_is_the_configured_rate(prob):
     y = torch.randint(0, 1000, (200_000,))
-    dropped = drop_labels(y, prob, null_label=1000, generator=torch.Generator().manual_seed(0))
+    drop = label_drop_mask(len(y), prob, generator=torch.Generator().manual_seed(0))
+    dropped = drop_labels(y, drop, null_label=1000)
     rate = (dropped == 1000).float().mean().item()
     assert abs(rate - prob) < 0.005  # binomial standard error <= 1.2e-3
     kept = dropped != 1000
     assert torch.equal(dropped[kept], y[kept])
 
 
-def test_drop_labels_edge_cases():
-    y = torch.arange(8)
+def test_label_drop_mask_edge_cases():
     g = torch.Generator().manual_seed(0)
-    state = g.get_state()
-    assert drop_labels(y, 0.0, 10, g) is y
-    assert torch.equal(g.get_state(), state)  # no random number drawn at rate 0
-    assert torch.equal(drop_labels(y, 1.0, 10, g), torch.full((8,), 10))
+    assert not label_drop_mask(8, 0.0, generator=g).any()
+    assert label_drop_mask(8, 1.0, generator=g).all()
+    # The stream advances by `batch` numbers whatever the rate (the next draws do not depend on it).
+    a, b = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    label_drop_mask(5, 0.0, generator=a), label_drop_mask(5, 0.7, generator=b)
+    assert torch.equal(torch.rand(3, generator=a), torch.rand(3, generator=b))
     with pytest.raises(IrepaError, match=r"in \[0, 1\]"):
-        drop_labels(y, 1.5, 10)
+        label_drop_mask(8, 1.5)
 
 
 class Oracle(torch.nn.Module):
@@ -60,27 +62,14 @@ class Oracle(torch.nn.Module):
 
 def test_denoising_loss_is_zero_at_the_optimum_and_reports_terms():
     x0 = torch.randn(4, 2, 4, 4)
-    sampler = get_time_sampler("uniform")
     t = torch.tensor([0.2, 0.4, 0.6, 0.8])
-    result = denoising_loss(Oracle(x0), get_path("linear"), x0, torch.arange(4), time_sampler=sampler, t=t)
+    result = denoising_loss(Oracle(x0), get_path("linear"), x0, torch.arange(4), t=t, noise=torch.randn_like(x0))
     assert isinstance(result, DenoisingResult)
     assert result.per_sample.shape == (4,) and result.per_sample.dtype == torch.float32
     assert result.denoise.item() < 1e-10
     torch.testing.assert_close(result.denoise, result.per_sample.mean())
-
-
-def test_label_dropout_in_the_step_follows_the_config():
-    x0 = torch.randn(4000, 1, 1, 1)
-    oracle = Oracle(x0)
-    y = torch.randint(0, 10, (4000,))
-    path, sampler = get_path("linear"), get_time_sampler("uniform")
-    g = torch.Generator().manual_seed(0)
-    denoising_loss(oracle, path, x0, y, time_sampler=sampler, generator=g, label_dropout=0.25, null_label=10)
-    assert abs((oracle.seen == 10).float().mean().item() - 0.25) < 0.03
-    denoising_loss(oracle, path, x0, y, time_sampler=sampler, generator=g, label_dropout=0.0)
-    assert torch.equal(oracle.seen, y)
-    with pytest.raises(IrepaError, match="needs the model's null_label"):
-        denoising_loss(oracle, path, x0, y, time_sampler=sampler, label_dropout=0.1)
+    with pytest.raises(IrepaError, match="must match data"):
+        denoising_loss(Oracle(x0), get_path("linear"), x0, torch.arange(4), t=t[:2], noise=torch.randn_like(x0))
 
 
 def test_denoising_loss_on_a_sit_is_reproducible_and_returns_hidden():
@@ -89,11 +78,11 @@ def test_denoising_loss_on_a_sit_is_reproducible_and_returns_hidden():
     with torch.no_grad():
         model.final_layer.linear.weight.normal_()
     x0, y = torch.randn(3, 4, 8, 8), torch.tensor([0, 5, 9])
-    kwargs = dict(time_sampler=get_time_sampler("lognormal"), label_dropout=0.1, null_label=model.null_label,
-                  return_hidden=1)  # fmt: skip
-    a = denoising_loss(model, get_path("linear"), x0, y, generator=torch.Generator().manual_seed(7), **kwargs)
-    b = denoising_loss(model, get_path("linear"), x0, y, generator=torch.Generator().manual_seed(7), **kwargs)
-    assert torch.equal(a.per_sample, b.per_sample) and torch.equal(a.t, b.t)
+    g = torch.Generator().manual_seed(7)
+    t, noise = get_time_sampler("lognormal")(3, generator=g), torch.randn(x0.shape, generator=g)
+    a = denoising_loss(model, get_path("linear"), x0, y, t=t, noise=noise, return_hidden=1)
+    b = denoising_loss(model, get_path("linear"), x0, y, t=t.clone(), noise=noise.clone(), return_hidden=1)
+    assert torch.equal(a.per_sample, b.per_sample)
     assert a.hidden.shape == (3, 16, 32)
     expected_x_t = (1 - a.t.view(-1, 1, 1, 1)) * x0 + a.t.view(-1, 1, 1, 1) * (a.target + x0)
     torch.testing.assert_close(a.x_t, expected_x_t)  # linear path: target = eps - x0

@@ -203,19 +203,20 @@ def test_aligner_taps_the_configured_block(tmp_path, pixel_store, pixel_override
     trainer = Trainer(cfg, tmp_path)
     batch = next(trainer.data.iterator())
     x0 = trainer.data.model_input(batch, None)
-    targets = trainer.teacher(batch["image"])
+    targets = trainer.alignment.targets(batch["image"])
     t, noise = torch.full((8,), 0.5), torch.randn_like(x0)
-    terms = trainer.objective(x0, batch["label"], t, noise, targets, 0)
+    draws = {"t": t, "noise": noise, "drop": torch.zeros(8, dtype=torch.bool)}
+    terms = trainer.objective(batch, draws, 0)
     terms["align"].backward()
     blocks = trainer.model.blocks
     grad = [sum(float(p.grad.abs().sum()) if p.grad is not None else 0.0 for p in b.parameters()) for b in blocks]
     assert grad[0] > 0 and grad[1] > 0 and grad[2] == 0.0, grad  # blocks 1..2 feed the aligned tokens; 3 does not
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.aligner.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.alignment.aligner.parameters())
     # The aligned tokens are exactly the model's block-2 output.
     x_t = 0.5 * x0 + 0.5 * noise  # the linear path at t = 0.5
     hidden = trainer.model(x_t, t, batch["label"], return_hidden=2).hidden
     with torch.no_grad():
-        expected = trainer.aligner.compute(targets, source=hidden, grid=trainer.model.grid)["align_loss"]
+        expected = trainer.alignment.aligner.compute(targets, source=hidden, grid=trainer.model.grid)["align_loss"]
     assert terms["align_loss"].item() == pytest.approx(expected.item(), rel=1e-6)
 
 

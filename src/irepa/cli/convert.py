@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-_OUTPUTS = ("model.safetensors", "config.yaml", "projectors.safetensors")
+_OUTPUTS = ("model.safetensors", "config.yaml", "projectors.safetensors", "vae")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -38,8 +38,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--vae",
         metavar="ID_OR_DIR",
-        help="VAE to decode with (default: stabilityai/sd-vae-ft-mse for REPA/iREPA; required for REPA-E, whose "
-        "end-to-end tuned VAE is not converted)",
+        help="VAE to decode with (default: stabilityai/sd-vae-ft-mse for REPA/iREPA; for a REPA-E training dict its "
+        "own end-to-end tuned VAE, converted to DIR/vae)",
     )
     parser.add_argument(
         "--latent-stats",
@@ -88,7 +88,18 @@ def run(args: argparse.Namespace) -> int:
             "irepa.models.official.load_official_checkpoint(...).build_model()"
         )
     stats = load_latent_stats(args.latent_stats) if args.latent_stats else None
-    space = official_space(ckpt, vae=args.vae, latent_normalization=stats)
+    vae = args.vae
+    vae_model = None
+    if vae is None and ckpt.origin == "repa-e" and ckpt.container == "training-dict":
+        from irepa.models.vae import read_official_vae
+
+        try:  # the training dict's `vae` entry: REPA-E's tuned VAE (LDM key layout)
+            vae_model = read_official_vae(args.checkpoint)
+        except IrepaError:
+            vae_model = None  # no usable `vae` entry: official_space asks for --vae
+        if vae_model is not None:
+            vae = str((out / "vae").resolve())
+    space = official_space(ckpt, vae=vae, latent_normalization=stats)
     official_args = ckpt.args or {}
     path_name = args.path or official_args.get("path_type") or "linear"
     if path_name not in PATHS:
@@ -135,6 +146,13 @@ def run(args: argparse.Namespace) -> int:
     )
     write_text(out / "config.yaml", config_text)
     written = ["model.safetensors", "config.yaml"]
+    if vae_model is not None:
+        from irepa.models.vae import save_vae_folder
+
+        norm = space["normalization"]
+        save_vae_folder(vae_model.model, out / "vae", latent_stats={"mean": norm["mean"], "std": norm["std"]},
+                        source={"checkpoint": source["file"], "sha256": source["sha256"]})  # fmt: skip
+        written.append("vae/")
     info = ckpt.projector_info
     if info is not None:
         header = {

@@ -109,6 +109,8 @@ def _settings(images: Store, vae: VAE, *, flip: bool, dtype: str) -> dict[str, A
             "encoder_sha256": vae.encoder_sha256(),
             "latent_channels": vae.latent_channels,
             "downsample": vae.downsample,
+            # The normalization a tuned VAE came with (irepa export-vae / REPA-E stats); only when it has one.
+            **({"latent_stats": vae.latent_stats} if getattr(vae, "latent_stats", None) is not None else {}),
         },
         "encoder_dtype": str(vae.dtype).removeprefix("torch."),
         "dtype": dtype,

@@ -173,14 +173,27 @@ def latent_normalization(kind: str, stats: Any = None) -> LatentNormalization:
     """Build a named normalization.
 
     Args:
-        kind: ``"sd-scalar"`` or ``"per-channel"``.
+        kind: ``"sd-scalar"``, ``"per-channel"`` or ``"vae-stats"`` (per-channel with the statistics the VAE came
+            with, recorded by ``irepa data encode`` in the manifest's ``vae.latent_stats``: REPA-E stage 2, the
+            BatchNorm statistics of the end-to-end run, frozen).
         stats: For ``per-channel``: a latent :class:`~irepa.data.store.Store`, its manifest, or its
-            ``latent_stats`` mapping (``mean``, ``std`` per channel). Ignored by ``sd-scalar``.
+            ``latent_stats`` mapping (``mean``, ``std`` per channel); for ``vae-stats`` the store or its manifest.
+            Ignored by ``sd-scalar``.
 
     Raises:
         UnknownNameError: An unknown kind (with close matches).
         IrepaError: ``per-channel`` without usable statistics.
     """
+    if kind == "vae-stats":
+        manifest = getattr(stats, "manifest", stats)
+        vae = manifest.get("vae") if isinstance(manifest, Mapping) else None
+        recorded = vae.get("latent_stats") if isinstance(vae, Mapping) else None
+        if recorded is None:
+            raise IrepaError(
+                "data.latent_norm=vae-stats needs a latent store encoded with a VAE that carries its latent statistics "
+                "(a folder written by irepa export-vae, or REPA-E's NAME-latents-stats.pt); use per-channel"
+            )
+        return _per_channel(recorded)
     builder = LATENT_NORMALIZATIONS.get(kind)
     manifest = getattr(stats, "manifest", stats)
     if isinstance(manifest, Mapping) and "latent_stats" in manifest:

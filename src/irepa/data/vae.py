@@ -98,14 +98,26 @@ class VAE(torch.nn.Module):
         name: The VAE id recorded in stores and snapshots (canonical hub id, or the folder it came from).
         revision: Hub revision it was loaded at, if any.
         weights: Local folder the weights came from, if any.
+        latent_stats: ``{"mean": [...], "std": [...]}`` per channel that came with the VAE (a folder written by
+            ``irepa export-vae``, or REPA-E's ``NAME-latents-stats.pt``): the normalization its diffusion model was
+            trained with. Recorded in latent stores (``data.latent_norm: vae-stats`` uses it).
     """
 
-    def __init__(self, model: Any, *, name: str, revision: str | None = None, weights: str | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        *,
+        name: str,
+        revision: str | None = None,
+        weights: str | None = None,
+        latent_stats: dict[str, list[float]] | None = None,
+    ) -> None:
         super().__init__()
         self.model = model.eval().requires_grad_(False)
         self.name = name
         self.revision = revision
         self.weights = weights
+        self.latent_stats = latent_stats
 
     @property
     def latent_channels(self) -> int:
@@ -236,7 +248,9 @@ def load_vae(
 
             official = read_official_vae(local)
             model = official.model.to(device=device, dtype=torch_dtype)
-            return VAE(model, name=name, revision=revision, weights=str(local.resolve()))
+            return VAE(
+                model, name=name, revision=revision, weights=str(local.resolve()), latent_stats=official.latent_stats
+            )
         if not (local / "config.json").is_file():
             raise WeightsNotFoundError(
                 f"VAE folder {str(local)!r} has no config.json; pass a folder written by save_pretrained "
@@ -247,7 +261,15 @@ def load_vae(
             model = AutoencoderKL.from_pretrained(str(local), torch_dtype=torch_dtype, local_files_only=True)
         except (OSError, ValueError) as exc:
             raise WeightsNotFoundError(f"cannot load the VAE from {str(local)!r}: {str(exc).splitlines()[0]}") from exc
-        return VAE(model.to(device), name=name, revision=revision, weights=str(local.resolve()))
+        from irepa.models.vae import read_vae_folder_stats
+
+        return VAE(
+            model.to(device),
+            name=name,
+            revision=revision,
+            weights=str(local.resolve()),
+            latent_stats=read_vae_folder_stats(local),
+        )
     try:
         with warnings.catch_warnings():
             # diffusers passes a deprecated argument to huggingface_hub; the warning is noise for irepa's users.

@@ -301,7 +301,9 @@ class Demo:
 
     def snapshot_path(self, spec: RunSpec, step: int) -> Path:
         """The EMA snapshot the trainer writes at ``step`` (its ``snapshots/ema-<step>.safetensors``)."""
-        return self.run_path(spec) / "snapshots" / f"ema-{step:07d}.safetensors"
+        from irepa.training.trainer import snapshot_path
+
+        return snapshot_path(self.run_path(spec), step)
 
     def train_config(self, spec: RunSpec) -> Any:
         """The resolved :class:`irepa.training.TrainConfig` of run ``spec``."""

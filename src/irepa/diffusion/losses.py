@@ -1,13 +1,12 @@
-"""The denoising objective of SiT/REPA: velocity regression, explicit label dropout, and the per-step composition.
+"""The denoising loss of SiT/REPA (velocity regression) and classifier-free-guidance label dropout.
 
-The training step calls :func:`denoising_loss` once per batch; it draws, in this order, the times ``t`` (from the
-time sampler), the noise ``eps`` (standard normal, shape of ``x0``) and the label-dropout mask, each from the given
-generator (numbers are drawn on the generator's device and moved to the data's device). It builds
-``x_t = alpha_t x0 + sigma_t eps`` and the target velocity on the path, runs the model, and returns named terms.
-The alignment term is added by the trainer from ``result.hidden`` (see :mod:`irepa.align`).
+:func:`denoising_loss` builds ``x_t = alpha_t x0 + sigma_t eps`` and the target velocity on the path for given times
+and noise, runs the model and returns named terms; the alignment term is added by the objective from
+``result.hidden`` (:mod:`irepa.training.alignment`). The randomness (times, noise, the label-dropout mask) is drawn by
+the training objective for the whole global batch (:meth:`irepa.training.objectives.Objective.draw`), not here.
 
-Label dropout for classifier-free guidance is explicit here, at the rate the config sets (the official REPA/iREPA
-code ignores ``--cfg-prob`` and always drops 10 % inside the model).
+Label dropout is explicit, at the rate the config sets (the official REPA/iREPA code ignores ``--cfg-prob`` and
+always drops 10 % inside the model): :func:`label_drop_mask` draws the mask, :func:`drop_labels` applies it.
 """
 
 from __future__ import annotations
@@ -18,10 +17,9 @@ import torch
 from torch import nn
 
 from irepa.diffusion.paths import InterpolationPath
-from irepa.diffusion.time_sampling import TimeSampler
 from irepa.errors import IrepaError
 
-__all__ = ["DenoisingResult", "denoising_loss", "drop_labels", "velocity_loss"]
+__all__ = ["DenoisingResult", "denoising_loss", "drop_labels", "label_drop_mask", "velocity_loss"]
 
 
 def velocity_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -40,26 +38,39 @@ def velocity_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return (pred.float() - target.float()).square().flatten(1).mean(dim=1)
 
 
-def drop_labels(
-    y: torch.Tensor, prob: float, null_label: int, generator: torch.Generator | None = None
+def label_drop_mask(
+    batch: int, prob: float, *, generator: torch.Generator | None = None, device: torch.device | str | None = None
 ) -> torch.Tensor:
-    """Replace each label by ``null_label`` independently with probability ``prob`` (CFG label dropout).
+    """Which labels to replace by the null class: each independently with probability ``prob``.
+
+    Always draws ``batch`` uniform numbers (also at ``prob = 0``), so the generator's stream does not depend on
+    the rate.
+
+    Args:
+        batch: Number of labels.
+        prob: Dropout probability in [0, 1] (``diffusion.label_dropout``; 0.1 in SiT/REPA/iREPA).
+        generator: Generator for the draws (on ``device``).
+        device: Where to draw.
+
+    Returns:
+        (batch,) bool.
+    """
+    if not 0.0 <= prob <= 1.0:
+        raise IrepaError(f"label dropout probability must be in [0, 1], got {prob}")
+    return torch.rand(batch, generator=generator, device=device) < prob
+
+
+def drop_labels(y: torch.Tensor, drop: torch.Tensor, null_label: int) -> torch.Tensor:
+    """Replace the labels selected by ``drop`` with ``null_label`` (CFG label dropout).
 
     Args:
         y: Labels (B,) int64.
-        prob: Dropout probability in [0, 1]; at 0 the labels are returned unchanged and no random number is drawn.
+        drop: (B,) bool, e.g. from :func:`label_drop_mask`.
         null_label: The null class (``model.null_label``, i.e. ``num_classes``).
-        generator: Optional generator; the Bernoulli draws happen on its device.
 
     Returns:
         New labels (B,), same dtype and device as ``y``.
     """
-    if not 0.0 <= prob <= 1.0:
-        raise IrepaError(f"label dropout probability must be in [0, 1], got {prob}")
-    if prob == 0.0:
-        return y
-    source = generator.device if generator is not None else y.device
-    drop = torch.rand(y.shape, generator=generator, device=source) < prob
     return torch.where(drop.to(y.device), torch.full_like(y, null_label), y)
 
 
@@ -94,13 +105,9 @@ def denoising_loss(
     x0: torch.Tensor,
     y: torch.Tensor,
     *,
-    time_sampler: TimeSampler,
-    generator: torch.Generator | None = None,
-    label_dropout: float = 0.0,
-    null_label: int | None = None,
+    t: torch.Tensor,
+    noise: torch.Tensor,
     return_hidden: int | None = None,
-    t: torch.Tensor | None = None,
-    noise: torch.Tensor | None = None,
 ) -> DenoisingResult:
     """One evaluation of the SiT denoising objective.
 
@@ -108,27 +115,18 @@ def denoising_loss(
         model: Velocity model ``model(x_t, t, y, return_hidden=...) -> ModelOutput`` (may be DDP- or compile-wrapped).
         path: Interpolation path (``irepa.diffusion.paths.get_path("linear")``).
         x0: Clean data (B, C, H, W) (normalized latents or pixels).
-        y: Labels (B,) int64.
-        time_sampler: Bound time sampler (``get_time_sampler("uniform")``).
-        generator: Generator for times, noise and label dropout (in that order).
-        label_dropout: CFG label-dropout probability (the config's value; 0.1 in REPA/iREPA).
-        null_label: The model's null class; required when ``label_dropout > 0``.
+        y: Labels (B,) int64, label dropout already applied (:func:`drop_labels`).
+        t: SiT times (B,) in [0, 1] (t = 0 data, t = 1 noise).
+        noise: Standard normal noise (B, C, H, W).
         return_hidden: Block (1-based) whose tokens the aligner needs.
-        t: Use these times (B,) instead of sampling them (e.g. to reuse them across two passes, as REPA-E does).
-        noise: Use this noise (B, C, H, W) instead of sampling it.
 
     Returns:
         :class:`DenoisingResult`.
     """
-    batch = x0.shape[0]
-    if label_dropout > 0 and null_label is None:
-        raise IrepaError("label_dropout > 0 needs the model's null_label (build the model with null_class=True)")
-    if t is None:
-        t = time_sampler(batch, generator=generator, device=x0.device)
-    if noise is None:
-        source = generator.device if generator is not None else x0.device
-        noise = torch.randn(x0.shape, generator=generator, device=source, dtype=torch.float32).to(x0)
-    y = drop_labels(y, label_dropout, null_label if null_label is not None else -1, generator)
+    if noise.shape != x0.shape or t.shape != x0.shape[:1]:
+        raise IrepaError(
+            f"denoising loss: noise {tuple(noise.shape)} and times {tuple(t.shape)} must match data {tuple(x0.shape)}"
+        )
     sample = path.sample(x0, noise, t.to(x0.dtype))
     output = model(sample.x_t, t, y, return_hidden=return_hidden)
     per_sample = velocity_loss(output.out, sample.velocity)

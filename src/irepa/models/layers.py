@@ -243,7 +243,8 @@ class LabelEmbedder(nn.Module):
     """Class label → vector through a table (key ``embedding_table``), with an optional extra row for the null class.
 
     Label dropout for classifier-free guidance is *not* done here (the official code hides it in this module and
-    ignores the configured rate); the training step calls :func:`irepa.diffusion.losses.drop_labels` explicitly.
+    ignores the configured rate); the training objective draws the mask (:func:`irepa.diffusion.losses.label_drop_mask`)
+    and replaces the labels (:func:`irepa.diffusion.losses.drop_labels`) before the forward.
 
     Args:
         num_classes: Number of real classes; labels ``0 .. num_classes - 1``.

@@ -8,8 +8,9 @@ always runs to the end.
 Differences from the official code, all deliberate:
 
 - SiT-S works (the official S configs build the final layer with width 768 and crash at the first forward).
-- No label dropout inside the model: the training step drops labels explicitly at the configured rate
-  (:func:`irepa.diffusion.losses.drop_labels`); the official SiT always drops 10 % and ignores ``--cfg-prob``.
+- No label dropout inside the model: the training objective drops labels explicitly at the configured rate
+  (:func:`irepa.diffusion.losses.label_drop_mask`, :func:`~irepa.diffusion.losses.drop_labels`); the official SiT
+  always drops 10 % and ignores ``--cfg-prob``.
 - ``pos_embed`` is a persistent buffer, not a frozen parameter: it has the same state-dict key and values as the
   official checkpoints, but ``model.parameters()`` (and hence optimizers, EMA and the parameter counts) exclude it.
 - No projectors: they live in the aligner (``irepa.models.official`` maps official projector keys onto it).

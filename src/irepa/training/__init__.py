@@ -1,7 +1,8 @@
 """The distributed trainer: ``Trainer(config, run_dir).fit()`` on accelerate (see docs/training.md).
 
 Modules: :mod:`~irepa.training.config` (``TrainConfig``, presets, resolution), :mod:`~irepa.training.trainer`,
-:mod:`~irepa.training.objective`, :mod:`~irepa.training.checkpoint`, :mod:`~irepa.training.ema`,
+:mod:`~irepa.training.objectives`, :mod:`~irepa.training.alignment`,
+:mod:`~irepa.training.checkpoint`, :mod:`~irepa.training.ema`,
 :mod:`~irepa.training.logging`, :mod:`~irepa.training.distributed`, :mod:`~irepa.training.data`,
 :mod:`~irepa.training.teacher`, :mod:`~irepa.training.guard`, :mod:`~irepa.training.signals`,
 :mod:`~irepa.training.timing`. Names below are imported lazily, so ``import irepa.training`` stays cheap.
@@ -17,7 +18,10 @@ _EXPORTS = {
     "resolve_config": "irepa.training.config",
     "Trainer": "irepa.training.trainer",
     "FitResult": "irepa.training.trainer",
-    "DenoisingObjective": "irepa.training.objective",
+    "DenoisingObjective": "irepa.training.objectives",
+    "OBJECTIVES": "irepa.training.objectives",
+    "Objective": "irepa.training.objectives",
+    "AlignmentTerm": "irepa.training.alignment",
     "CheckpointManager": "irepa.training.checkpoint",
     "EMA": "irepa.training.ema",
     "TrainLogger": "irepa.training.logging",

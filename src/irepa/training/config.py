@@ -31,6 +31,7 @@ __all__ = [
     "DiffusionConfig",
     "LoggingConfig",
     "ModelConfig",
+    "ObjectiveConfig",
     "OptimConfig",
     "TeacherConfig",
     "TrainConfig",
@@ -76,6 +77,58 @@ class DiffusionConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ObjectiveConfig:
+    """The training objective (``objective:`` section): ``name`` plus that objective's own settings, flat.
+
+    ``name`` selects a registered objective (``irepa.training.objectives.OBJECTIVES``: ``denoising`` is SiT/REPA/
+    iREPA); every other key is a field of that objective's ``Settings`` dataclass (unknown keys are errors).
+    In YAML: ``objective: {name: denoising}``; on the command line ``objective.name=...``, ``objective.<key>=...``.
+    Configs written before objectives existed have no ``objective`` key and mean ``denoising``.
+    """
+
+    name: str = "denoising"
+    """Registry name of the objective (docs/recipes.md)."""
+    settings: Any = None
+    """The objective's typed settings (built from the section's other keys; ``None`` = its defaults)."""
+
+    def __post_init__(self) -> None:
+        cls = _objective_class(self.name)
+        if self.settings is None:
+            object.__setattr__(self, "settings", cls.Settings())
+        elif not isinstance(self.settings, cls.Settings):
+            raise ConfigError(
+                f"objective {self.name!r} takes settings of type {cls.Settings.__name__}, got "
+                f"{type(self.settings).__name__}"
+            )
+
+    @classmethod
+    def from_config_dict(cls, data: Mapping[str, Any], *, prefix: str = "objective.") -> ObjectiveConfig:
+        """Build from ``{name: ..., **settings}`` (checks keys and types against the objective's ``Settings``)."""
+        from irepa.config import from_dict
+
+        name = data.get("name", "denoising")
+        if not isinstance(name, str):
+            raise ConfigError(f"config key {prefix}name expects str, got {name!r} ({type(name).__name__})")
+        settings_cls = _objective_class(name, prefix).Settings
+        settings = from_dict(settings_cls, {k: v for k, v in data.items() if k != "name"}, prefix=prefix)
+        return cls(name=name, settings=settings)
+
+    def to_config_dict(self) -> dict[str, Any]:
+        """``{name: ..., **settings}``."""
+        return {"name": self.name, **to_dict(self.settings)}
+
+
+def _objective_class(name: str, prefix: str = "objective.") -> Any:
+    from irepa.errors import IrepaError
+    from irepa.training.objectives import OBJECTIVES
+
+    try:
+        return OBJECTIVES.get(name)
+    except IrepaError as exc:
+        raise ConfigError(f"{prefix}name: {exc}") from None
+
+
+@dataclasses.dataclass(frozen=True)
 class TeacherConfig:
     """How the frozen vision encoders named in ``align.encoders`` are loaded (``teacher:`` section)."""
 
@@ -114,9 +167,10 @@ class DataConfig:
     """Expected image resolution of the stores (checked against their manifests); ``null`` = any."""
     vae: str | None = None
     """Expected VAE of the latent store (e.g. ``stabilityai/sd-vae-ft-mse``; checked); ``null`` = any."""
-    latent_norm: Literal["per-channel", "sd-scalar"] = "per-channel"
+    latent_norm: Literal["per-channel", "sd-scalar", "vae-stats"] = "per-channel"
     """``per-channel``: (z − mean_c) / std_c with the latent store's statistics (iREPA-ldm, REPA-E);
-    ``sd-scalar``: z · 0.18215 (original REPA)."""
+    ``sd-scalar``: z · 0.18215 (original REPA); ``vae-stats``: per-channel with the statistics the store's VAE came
+    with (REPA-E stage 2: the BatchNorm statistics of the end-to-end run, frozen; ``irepa export-vae``)."""
     flip: bool = False
     """Horizontal flips: pixel space flips images at random; latent space uses the flipped latents stored by
     ``irepa data encode --flip`` (image and latent flipped together). Off in the SiT/REPA/iREPA recipes."""
@@ -239,6 +293,7 @@ class TrainConfig:
     """Run name (the preset's name by default; shown in logs and W&B); the default run directory is
     ``runs/<name>``, so it is one plain folder name (letters, digits, ``_``, ``-``, ``.``)."""
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = dataclasses.field(default_factory=ObjectiveConfig)
     diffusion: DiffusionConfig = dataclasses.field(default_factory=DiffusionConfig)
     align: AlignConfig = dataclasses.field(default_factory=AlignConfig)
     teacher: TeacherConfig = dataclasses.field(default_factory=TeacherConfig)
@@ -361,6 +416,22 @@ def check_run_dir(run_dir: str | Path) -> None:
             return
 
 
+def _with_defaults(old: Mapping[str, Any]) -> dict[str, Any]:
+    """``old`` with the sections it lacks filled with today's defaults.
+
+    A run directory written before a section existed (e.g. ``objective:``, added with the recipe registry) then
+    compares equal to a config that sets the section to its default, so it still resumes.
+    """
+    from irepa.config import merge
+
+    defaults = {
+        f.name: to_dict(f.default_factory())
+        for f in dataclasses.fields(TrainConfig)
+        if f.default_factory is not dataclasses.MISSING and f.name in ("objective",)
+    }
+    return merge(defaults, old)
+
+
 def check_resume_compatible(old: Mapping[str, Any], new: TrainConfig, *, where: str) -> dict[str, tuple[Any, Any]]:
     """Compare the config a run was trained with (``old``, a plain dict) with ``new``.
 
@@ -370,7 +441,7 @@ def check_resume_compatible(old: Mapping[str, Any], new: TrainConfig, *, where: 
     Raises:
         ConfigError: Naming every differing non-resumable key with both values (up to 8).
     """
-    diff = config_diff(old, to_dict(new))
+    diff = config_diff(_with_defaults(old), to_dict(new))
     blocking = {k: v for k, v in diff.items() if not is_resumable_key(k)}
     if blocking:
         shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(blocking.items())[:8])

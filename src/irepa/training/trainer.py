@@ -1,15 +1,21 @@
 """The trainer: ``Trainer(config, run_dir).fit()``.
 
+The recipe is the registered objective named by ``objective.name`` (:mod:`irepa.training.objectives`; default
+``denoising``: SiT/REPA/iREPA). It owns the trained modules and their optimizers and EMAs; the trainer drives it.
 One optimizer step (:meth:`Trainer.train_step`):
 
-1. Draw the step's randomness for the whole global batch from one seeded generator (times, noise, label dropout,
-   latent sampling) and take this process's slice (so results do not depend on the number of processes).
-2. For each of ``optim.grad_accumulation`` micro-batches: the teacher encodes the images (no grad, autocast);
-   the objective computes ``loss = denoise + align`` under autocast (alignment maths in float32); backward
-   (gradients are all-reduced by DDP on the last micro-batch only).
-3. Gradient norm (clipped to ``optim.grad_clip``); one host sync decides whether the step is finite (the
-   non-finite guard) and whether a stop signal arrived on any process.
-4. AdamW step (through the loss scaler for fp16), EMA update.
+1. ``objective.draw`` draws the step's randomness for the whole global batch from one seeded generator (times,
+   noise, label dropout, latent sampling, ...); each micro-batch gets this process's slice (so results do not
+   depend on the number of processes).
+2. For each phase of the objective (one for almost every recipe), for each of ``optim.grad_accumulation``
+   micro-batches: the objective maps the micro-batch to named terms (e.g. ``loss = denoise + align``, teacher and
+   model forwards under the training autocast, alignment maths in float32); backward of ``loss / accumulation``.
+   Gradients are all-reduced by DDP on the last micro-batch only, or — for objectives with ``manual_grad_sync`` —
+   by :func:`~irepa.training.distributed.sync_gradients` after it.
+3. Gradient norm of the phase's optimizer (clipped to ``optim.grad_clip``); one host sync decides whether the
+   update is finite (the non-finite guard) and whether a stop signal arrived on any process; AdamW step (through
+   the loss scaler for fp16).
+4. After the last phase: the EMA update of every EMA'd module.
 
 Interval hooks run after a step: logging (``train.log_every_steps``), checkpoint (``train.checkpoint_every_steps``),
 EMA snapshot (``train.snapshot_every_steps``), and any hook added with :meth:`Trainer.add_hook`. At the end, and on
@@ -50,6 +56,7 @@ from irepa.training.distributed import (
     per_device_batch_size,
     restore_rng_state,
     seed_everything,
+    sync_gradients,
 )
 from irepa.training.ema import EMA
 from irepa.training.guard import NonFiniteGuard
@@ -61,9 +68,20 @@ from irepa.utils.io import write_text
 if TYPE_CHECKING:
     from irepa.encoders import WeightLocations
 
-__all__ = ["FitResult", "Hook", "Trainer"]
+__all__ = ["FitResult", "Hook", "Trainer", "snapshot_path"]
 
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+
+
+def snapshot_path(run_dir: str | Path, step: int) -> Path:
+    """The EMA inference snapshot of ``step`` in a run directory: ``RUN_DIR/snapshots/ema-<step:07d>.safetensors``."""
+    return Path(run_dir) / "snapshots" / f"ema-{step:07d}.safetensors"
+
+
+def _objective_class(cfg: TrainConfig) -> Any:
+    from irepa.training.objectives import OBJECTIVES
+
+    return OBJECTIVES.get(cfg.objective.name)
 
 
 @dataclasses.dataclass
@@ -153,6 +171,7 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = cfg.train.tf32
         self._autocast_dtype = _AUTOCAST_DTYPES[cfg.train.precision]
         self._warnings: list[str] = []
+        self.timer = StepTimer(self.device)
         self._check_run_dir()
 
         # Data first: it fixes the model's input shape and class count. Then build everything from one seed on
@@ -166,49 +185,58 @@ class Trainer:
             rank=self.rank,
             seed=cfg.train.seed,
             device=self.device,
-            need_images=bool(cfg.align.encoders),
+            need_images=_objective_class(cfg).needs_images(cfg),
         )
-        self.model, self.model_kwargs = self._build_model()
-        self.teacher = self._build_teacher()
-        self.aligner = self._build_aligner()
-        self.ema = EMA(self.model, cfg.train.ema_decay)
+        from irepa.training.objectives import OBJECTIVES, ObjectiveContext
 
-        from irepa.diffusion.paths import get_path
-        from irepa.diffusion.time_sampling import get_time_sampler
-        from irepa.training.objective import DenoisingObjective
-
-        self.path = get_path(cfg.diffusion.path)
-        sampler_kwargs = dict(cfg.diffusion.time_sampler_kwargs)
-        if cfg.diffusion.time_sampler == "lognormal":
-            sampler_kwargs.setdefault("path", cfg.diffusion.path)
-        self.time_sampler = get_time_sampler(cfg.diffusion.time_sampler, **sampler_kwargs)
-        self.objective = DenoisingObjective(
-            self.model,
-            self.path,
-            self.time_sampler,
-            aligner=self.aligner,
-            align_depth=cfg.align.depth if self.aligner is not None else None,
-        ).to(self.device)
-        self.ema.to(self.device)
+        context = ObjectiveContext(config=cfg, data=self.data, device=self.device, weight_locations=weight_locations)
+        self.objective = OBJECTIVES.get(cfg.objective.name).build(context).to(self.device)
+        self.objective.bind(autocast=self.autocast, timer=self.timer)
+        self.alignment = self.objective.alignment
+        # Named collections (one entry per trained module / optimizer / EMA of the recipe): every entry is
+        # checkpointed as "<name>.safetensors", "optimizer.<name>.pt" and "ema.<name>.safetensors".
+        self.modules: dict[str, nn.Module] = self.objective.trained_modules()
+        self.emas: dict[str, EMA] = {
+            name: EMA(self.modules[name], cfg.train.ema_decay).to(self.device) for name in self.objective.ema_modules()
+        }
+        self.snapshot_spec = self.objective.snapshot()
+        if self.snapshot_spec.module not in self.emas:
+            raise IrepaError(
+                f"objective {cfg.objective.name!r} snapshots module {self.snapshot_spec.module!r}, which has no EMA"
+            )
+        self.phases = self.objective.phases()
+        if len(self.phases) > 1 and not self.objective.manual_grad_sync:
+            raise IrepaError(
+                f"objective {cfg.objective.name!r} has {len(self.phases)} phases: it must set manual_grad_sync "
+                "(DDP's backward hooks cannot sync phases that update different parameters)"
+            )
         if cfg.train.compile:
-            self.model.compile()  # in place: state-dict keys stay unprefixed
-        self.wrapped = self.accelerator.prepare_model(self.objective)  # DDP when world_size > 1
-        self.params = [p for p in self.objective.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(
-            self.params,
-            lr=cfg.optim.lr,
-            betas=cfg.optim.betas,
-            weight_decay=cfg.optim.weight_decay,
-            eps=cfg.optim.eps,
-        )
+            for module in self.modules.values():
+                module.compile()  # in place: state-dict keys stay unprefixed
+        # DDP when world_size > 1, unless the objective all-reduces its gradients itself.
+        if self.objective.manual_grad_sync:
+            self.wrapped: nn.Module = self.objective
+        else:
+            self.wrapped = self.accelerator.prepare_model(self.objective)
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.optimizer_params: dict[str, list[nn.Parameter]] = {}
+        self._base_lr: dict[str, float] = {}
+        o = cfg.optim
+        for name, spec in self.objective.optimizers().items():
+            self.optimizer_params[name] = list(spec.params)
+            self._base_lr[name] = o.lr if spec.lr is None else spec.lr
+            self.optimizers[name] = torch.optim.AdamW(
+                self.optimizer_params[name],
+                lr=self._base_lr[name],
+                betas=o.betas if spec.betas is None else spec.betas,
+                weight_decay=o.weight_decay if spec.weight_decay is None else spec.weight_decay,
+                eps=o.eps if spec.eps is None else spec.eps,
+            )
+        unknown = sorted({p.optimizer for p in self.phases} - set(self.optimizers))
+        if unknown:
+            raise IrepaError(f"objective {cfg.objective.name!r}: phases name unknown optimizers {unknown}")
+        self.params = [p for params in self.optimizer_params.values() for p in params]
         self.scaler = torch.amp.GradScaler("cuda") if cfg.train.precision == "fp16" else None
-        # Named collections, so recipes with several trained parts (REPA-E: SiT, VAE, discriminator) extend them:
-        # every entry is checkpointed as "<name>.safetensors", "optimizer.<name>.pt" and "ema.<name>.safetensors".
-        self.modules: dict[str, nn.Module] = {"model": self.model}
-        if self.aligner is not None:
-            self.modules["aligner"] = self.aligner  # trained, checkpointed, not EMA'd
-        self.optimizers: dict[str, torch.optim.Optimizer] = {"main": self.optimizer}
-        self.emas: dict[str, EMA] = {"model": self.ema}
 
         # Per-step randomness: one generator, same seed and state on every process (see train_step).
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.train.seed)
@@ -219,7 +247,6 @@ class Trainer:
         self.guard = NonFiniteGuard(cfg.train.nonfinite_patience)
         self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", keep_last=cfg.train.keep_last)
         self.metrics = MetricAccumulator()
-        self.timer = StepTimer(self.device)
         self.hooks: list[Hook] = []
         self.logger = TrainLogger(self.run_dir, cfg.logging, enabled=False)  # replaced by fit()
         self.last_checkpoint: Path | None = None
@@ -229,53 +256,6 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------------------------
     # Construction helpers
-
-    def _build_model(self) -> tuple[nn.Module, dict[str, Any]]:
-        from irepa.models import build_model
-
-        cfg = self.config
-        kwargs: dict[str, Any] = {
-            "input_size": list(self.data.input_shape[1:]),
-            "in_channels": self.data.input_shape[0],
-            "num_classes": self.data.num_classes,
-            "null_class": True,  # the official layout: num_classes + 1 label rows (the null / CFG class)
-            "qk_norm": cfg.model.qk_norm,
-            **cfg.model.overrides,
-        }
-        if kwargs["input_size"][0] == kwargs["input_size"][1]:
-            kwargs["input_size"] = kwargs["input_size"][0]
-        try:
-            model = build_model(cfg.model.name, **kwargs)
-        except IrepaError as exc:
-            raise ConfigError(f"model {cfg.model.name!r}: {exc}") from exc
-        return model, dict(getattr(model, "config", kwargs))
-
-    def _build_teacher(self):
-        cfg = self.config
-        if not cfg.align.encoders:
-            return None
-        from irepa.training.teacher import Teacher
-
-        teacher = Teacher.load(
-            cfg.align.encoders,
-            resolution=cfg.teacher.resolution or self.data.image_size[0],
-            weights=cfg.teacher.weights,
-            locations=self.weight_locations,
-            cache_dir=cfg.teacher.cache_dir,
-            offline=cfg.teacher.offline,
-            pretrained=cfg.teacher.pretrained,
-            arch_overrides=cfg.teacher.arch_overrides,
-            device=self.device,
-        )
-        teacher.check_grid(self.model.grid, cfg.model.name)
-        return teacher
-
-    def _build_aligner(self):
-        if self.teacher is None:
-            return None
-        from irepa.align import RepresentationAligner
-
-        return RepresentationAligner.from_config(self.config.align, self.model.hidden_size, self.teacher.embed_dims)
 
     def _check_run_dir(self) -> None:
         """Refuse a run directory that is not a folder, or whose recorded config differs in a non-resumable key."""
@@ -291,9 +271,16 @@ class Trainer:
     # Public API
 
     @property
-    def unwrapped_model(self) -> nn.Module:
-        """The diffusion model (no DDP wrapper; compiled in place if ``train.compile``)."""
-        return self.model
+    def model(self) -> nn.Module:
+        """The sampled model of the recipe: the snapshot's module (no DDP wrapper; compiled if ``train.compile``)."""
+        return self.modules[self.snapshot_spec.module]
+
+    unwrapped_model = model
+
+    @property
+    def ema(self) -> EMA:
+        """The EMA of :attr:`model`."""
+        return self.emas[self.snapshot_spec.module]
 
     def add_hook(self, name: str, every_steps: int, fn: Callable[[Trainer], None], *, at_end: bool = True) -> None:
         """Run ``fn(trainer)`` every ``every_steps`` optimizer steps (e.g. previews, online evaluation)."""
@@ -384,103 +371,124 @@ class Trainer:
         self.logger.info(f"done: {self.step} steps, {self.nimg} images; EMA snapshot {self.last_snapshot}")
         return FitResult("completed", self.step, self.nimg, self.last_checkpoint, self.last_snapshot)
 
-    def _draw_step_randomness(self) -> dict[str, torch.Tensor]:
-        """Times, noise, label-dropout mask (and latent-sampling noise) for the whole global batch, (G, ...)."""
-        g = self.config.optim.global_batch_size
-        shape = (g, *self.data.input_shape)
-        gen = self.generator
-        draws = {
-            "t": self.time_sampler(g, generator=gen, device=self.device),
-            "noise": torch.randn(shape, generator=gen, device=self.device),
-            "drop": torch.rand(g, generator=gen, device=self.device) < self.config.diffusion.label_dropout,
-        }
-        if self.data.space == "latent":
-            draws["eps"] = torch.randn(shape, generator=gen, device=self.device)
-        return draws
-
     def train_step(self, batches: Iterator[dict[str, torch.Tensor]]) -> bool:
-        """One optimizer step over ``optim.grad_accumulation`` micro-batches drawn from ``batches``.
+        """One optimizer step: every phase of the objective over ``optim.grad_accumulation`` micro-batches.
 
         Returns:
             Whether a stop signal arrived on any process (the caller checkpoints and exits).
         """
         cfg = self.config
         accum = cfg.optim.grad_accumulation
-        draws = self._draw_step_randomness()
-        self.optimizer.zero_grad(set_to_none=True)
+        # The step's randomness for the whole global batch, from the one generator (same state on every process).
+        draws = self.objective.draw(cfg.optim.global_batch_size, self.generator, self.device)
+        micro_batches: list[dict[str, torch.Tensor]] = []  # kept for later phases only
+        fetched = 0
+        multi = len(self.phases) > 1
         terms_sum: dict[str, torch.Tensor] = {}
-        null_label = self.model.null_label
-        use_teacher = self.teacher is not None and self.aligner.active(self.step)
-        for micro in range(accum):
-            with self.timer.section("data"):
-                batch = next(batches)
-            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-            # This process's samples of the global batch: positions r, r + W, r + 2W, ... (the sampler's layout).
-            positions = (
-                torch.arange(micro * self.batch_size, (micro + 1) * self.batch_size, device=self.device)
-                * self.world_size
-                + self.rank
-            )
-            x0 = self.data.model_input(batch, draws["eps"][positions] if "eps" in draws else None)
-            y = torch.where(draws["drop"][positions], torch.full_like(batch["label"], null_label), batch["label"])
-            targets = None
-            if use_teacher:
-                with self.timer.section("teacher"):
-                    targets = self.teacher(batch["image"], autocast=self.autocast())
-            last = micro == accum - 1
-            sync = contextlib.nullcontext() if last else self.accelerator.no_sync(self.wrapped)
-            with sync:
-                with self.autocast():
-                    terms = self.wrapped(x0, y, draws["t"][positions], draws["noise"][positions], targets, self.step)
-                loss = terms["loss"] / accum
-                if self.scaler is not None:
-                    self.scaler.scale(loss).backward()
-                else:
-                    loss.backward()
-            for name, value in terms.items():
-                value = value.detach().float() / accum
-                terms_sum[name] = terms_sum[name] + value if name in terms_sum else value
+        grad_norms: dict[str, torch.Tensor] = {}
+        skipped, stop = False, False
+        for index, phase in enumerate(self.phases):
+            if phase.active is not None and not phase.active(self.step):
+                continue
+            optimizer = self.optimizers[phase.optimizer]
+            params = self.optimizer_params[phase.optimizer]
+            optimizer.zero_grad(set_to_none=True)
+            prefix = f"{phase.name or phase.optimizer}/" if multi else ""
+            for micro in range(accum):
+                if micro < fetched:
+                    batch = micro_batches[micro]
+                else:  # the first phase that runs reads the step's micro-batches
+                    with self.timer.section("data"):
+                        batch = next(batches)
+                    batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+                    fetched += 1
+                    if multi:
+                        micro_batches.append(batch)
+                # This process's samples of the global batch: positions r, r + W, r + 2W, ... (the sampler's layout).
+                positions = (
+                    torch.arange(micro * self.batch_size, (micro + 1) * self.batch_size, device=self.device)
+                    * self.world_size
+                    + self.rank
+                )
+                micro_draws = {k: v[positions] for k, v in draws.items()}
+                last = micro == accum - 1
+                sync = contextlib.nullcontext() if last or self.wrapped is self.objective else None
+                with sync or self.accelerator.no_sync(self.wrapped):
+                    terms = self.wrapped(batch, micro_draws, self.step, index)
+                    loss = terms["loss"] / accum
+                    if self.scaler is not None:
+                        self.scaler.scale(loss).backward()
+                    else:
+                        loss.backward()
+                for name, value in terms.items():
+                    value = value.detach().float() / accum
+                    key = prefix + name
+                    terms_sum[key] = terms_sum[key] + value if key in terms_sum else value
+            if self.objective.manual_grad_sync and self.world_size > 1:
+                sync_gradients(params, self.world_size)
+            phase_skipped, phase_stop, grad_norm = self._step_optimizer(optimizer, params, phase.optimizer, terms_sum)
+            grad_norms[prefix + "grad_norm"] = grad_norm
+            skipped, stop = skipped or phase_skipped, stop or phase_stop
 
+        for _ in range(fetched, accum):
+            next(batches)  # every phase was inactive: the step still consumes its data (the sampler advances)
+        if not skipped:
+            for name, ema in self.emas.items():
+                ema.update(self.modules[name])
+            self.metrics.add({**terms_sum, **grad_norms})
+        self.step += 1
+        self.nimg += cfg.optim.global_batch_size
+        self.data.advance(cfg.optim.global_batch_size)
+        return stop
+
+    def _step_optimizer(
+        self,
+        optimizer: torch.optim.Optimizer,
+        params: list[nn.Parameter],
+        name: str,
+        terms: dict[str, torch.Tensor],
+    ) -> tuple[bool, bool, torch.Tensor]:
+        """Clip, check and apply one optimizer's accumulated gradients. Returns ``(skipped, stop, grad_norm)``."""
+        cfg = self.config
         if self.scaler is not None:
-            self.scaler.unscale_(self.optimizer)
-        grads = [p.grad for p in self.params if p.grad is not None]
+            self.scaler.unscale_(optimizer)
+        grads = [p.grad for p in params if p.grad is not None]
         if cfg.optim.grad_clip is not None:
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.optim.grad_clip)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
         else:
             grad_norm = torch.nn.utils.get_total_norm(grads)
-        # The one host sync per step: is the step finite, and did any process receive a stop signal?
+        # The one host sync per optimizer: is the update finite, and did any process receive a stop signal?
         flags = torch.stack(
             [(~torch.isfinite(grad_norm)).float(), torch.tensor(float(bool(self._stop)), device=self.device)]
         )
         if self.world_size > 1:
             flags = self.accelerator.reduce(flags, reduction="sum")
         nonfinite, stop = (bool(v > 0) for v in flags.tolist())
-        hint = _nonfinite_terms(terms_sum) if nonfinite else ""
+        hint = _nonfinite_terms(terms) if nonfinite else ""
+        where = f" of optimizer {name!r}" if len(self.optimizers) > 1 else ""
         skip = self.guard.observe(not nonfinite, step=self.step + 1, hint=hint)
         if skip:
-            self.logger.warning(f"step {self.step + 1}: skipped, non-finite gradients{hint}")
+            self.logger.warning(f"step {self.step + 1}: skipped, non-finite gradients{where}{hint}")
 
-        lr = self._lr(self.step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        scale = self._lr_scale(self.step)
+        for group in optimizer.param_groups:
+            group["lr"] = self._base_lr[name] * scale
         if self.scaler is not None:
-            self.scaler.step(self.optimizer)  # skips the update itself when gradients overflowed
+            self.scaler.step(optimizer)  # skips the update itself when gradients overflowed
             self.scaler.update()
         elif not skip:
-            self.optimizer.step()
-        if not skip:
-            self.ema.update(self.model)
-            self.metrics.add({**terms_sum, "grad_norm": grad_norm})
-        self.optimizer.zero_grad(set_to_none=True)
-        self.step += 1
-        self.nimg += cfg.optim.global_batch_size
-        self.data.advance(cfg.optim.global_batch_size)
-        return stop
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return skip, stop, grad_norm
+
+    def _lr_scale(self, step: int) -> float:
+        """Warmup factor of every optimizer's learning rate at ``step``."""
+        warmup = self.config.optim.warmup_steps
+        return min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
 
     def _lr(self, step: int) -> float:
-        warmup = self.config.optim.warmup_steps
-        scale = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
-        return self.config.optim.lr * scale
+        """Learning rate of the first optimizer at ``step`` (logged)."""
+        return next(iter(self._base_lr.values())) * self._lr_scale(step)
 
     def _log_interval(self, steps: int) -> None:
         cfg = self.config
@@ -505,22 +513,25 @@ class Trainer:
 
     def _print_summary(self) -> None:
         cfg = self.config
-        n_model = sum(p.numel() for p in self.model.parameters())
-        n_align = sum(p.numel() for p in self.aligner.parameters()) if self.aligner is not None else 0
+        counts = ", ".join(
+            f"{name} {sum(p.numel() for p in m.parameters()) / 1e6:.2f}M" for name, m in self.modules.items()
+        )
+        grid = getattr(self.model, "grid", None)
         lines = [
             f"run {cfg.name or '(unnamed)'} in {self.run_dir}",
             f"processes {self.world_size} ({self.accelerator.distributed_type}, {self.device.type}); global batch "
             f"{cfg.optim.global_batch_size} = {self.world_size} x {cfg.optim.grad_accumulation} accumulation x "
             f"{self.batch_size} per device",
-            f"model {cfg.model.name} {n_model / 1e6:.2f}M params, input {tuple(self.data.input_shape)}, grid "
-            f"{tuple(self.model.grid)}; precision {cfg.train.precision}" + (", compiled" if cfg.train.compile else ""),
+            f"model {cfg.model.name} {sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M params, input "
+            f"{tuple(self.data.input_shape)}, grid {tuple(grid) if grid is not None else '-'}; precision "
+            f"{cfg.train.precision}" + (", compiled" if cfg.train.compile else ""),
             f"data {self.data.describe()}",
+            *self.objective.describe(),
+            f"trained {counts}; optimizers {', '.join(self.optimizers)}; EMA {', '.join(self.emas) or 'none'}"
+            + ("; gradients all-reduced by the objective's trainer sync" if self.objective.manual_grad_sync else ""),
         ]
-        if self.aligner is not None:
-            lines.append(
-                f"align {', '.join(cfg.align.encoders)} at block {cfg.align.depth}, projector {cfg.align.projector}"
-                f" ({n_align / 1e6:.2f}M params), target norm {cfg.align.target_norm}, weight {cfg.align.weight}"
-            )
+        if self.alignment is not None:
+            lines.append(self.alignment.describe(cfg.align))
         else:
             lines.append("align off (no encoders)")
         if self._resumed_from is not None:
@@ -606,22 +617,23 @@ class Trainer:
 
     def snapshot_path(self, step: int) -> Path:
         """Where the EMA snapshot of ``step`` is written."""
-        return self.run_dir / "snapshots" / f"ema-{step:07d}.safetensors"
+        return snapshot_path(self.run_dir, step)
 
     def save_snapshot(self) -> Path:
         """Write the EMA inference snapshot for the current step (rank 0 writes; call on every process)."""
         from irepa.models.io import save_inference
 
         path = self.snapshot_path(self.step)
+        spec = self.snapshot_spec
         if self.is_main:
             save_inference(
                 path,
-                self.ema.module,
-                model_name=self.config.model.name,
-                model_kwargs=self.model_kwargs,
+                self.emas[spec.module].module,
+                model_name=spec.model_name,
+                model_kwargs=spec.model_kwargs,
                 metadata={
-                    "diffusion": {"path": self.config.diffusion.path},
-                    "space": self.data.space_metadata(),
+                    "diffusion": dict(spec.diffusion),
+                    "space": self.objective.snapshot_space(path) or self.data.space_metadata(),
                     "step": self.step,
                     "ema": True,
                     "config": to_dict(self.config),

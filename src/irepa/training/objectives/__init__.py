@@ -1,0 +1,35 @@
+"""Training objectives as registered recipes of the one trainer (``objective: {name: ...}``; docs/recipes.md).
+
+- :mod:`~irepa.training.objectives.base`: the API (:class:`Objective`, :class:`Phase`, :class:`OptimizerSpec`,
+  :class:`SnapshotSpec`, :class:`ObjectiveContext`) and the :data:`OBJECTIVES` registry.
+- :mod:`~irepa.training.objectives.denoising`: ``denoising`` (SiT / REPA / iREPA).
+- :mod:`~irepa.training.objectives.repae`: ``repa-e`` (end-to-end VAE + SiT + discriminator; REPA-E, iREPA-E).
+"""
+
+from irepa.training.objectives.base import (
+    OBJECTIVES,
+    NoSettings,
+    Objective,
+    ObjectiveContext,
+    OptimizerSpec,
+    Phase,
+    PhaseFn,
+    SnapshotSpec,
+)
+from irepa.training.objectives.denoising import DenoisingObjective, build_backbone
+from irepa.training.objectives.repae import RepaEObjective, RepaESettings
+
+__all__ = [
+    "OBJECTIVES",
+    "DenoisingObjective",
+    "NoSettings",
+    "Objective",
+    "ObjectiveContext",
+    "OptimizerSpec",
+    "Phase",
+    "PhaseFn",
+    "RepaEObjective",
+    "RepaESettings",
+    "SnapshotSpec",
+    "build_backbone",
+]

@@ -1,0 +1,176 @@
+"""The ``denoising`` objective: SiT velocity regression plus, when configured, REPA/iREPA alignment.
+
+The recipe of SiT, REPA and iREPA (the default ``objective: {name: denoising}``)::
+
+    x_t = alpha_t x0 + sigma_t eps,   loss = E ||v_theta(x_t, t, y) - (alpha'_t x0 + sigma'_t eps)||^2  (+ align)
+
+with SiT time (t = 0 data, t = 1 noise), times from ``diffusion.time_sampler``, CFG label dropout at
+``diffusion.label_dropout``, and the alignment term of :class:`~irepa.training.alignment.AlignmentTerm` on the tokens
+after block ``align.depth``. Its settings live in the shared ``diffusion:`` section, so it has none of its own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from irepa.diffusion.losses import denoising_loss, drop_labels, label_drop_mask
+from irepa.errors import ConfigError, IrepaError
+from irepa.training.alignment import AlignmentTerm
+from irepa.training.objectives.base import OBJECTIVES, Objective, ObjectiveContext, SnapshotSpec, Terms
+
+__all__ = ["DenoisingObjective", "build_backbone"]
+
+
+def build_backbone(context: ObjectiveContext) -> tuple[nn.Module, dict[str, Any]]:
+    """The ``model:`` section's network, shaped by the data: input size and channels, class count, null class.
+
+    Returns:
+        ``(model, model_kwargs)`` on the CPU, where ``build_model(config.model.name, **model_kwargs)`` rebuilds it.
+
+    Raises:
+        ConfigError: An unknown model or bad ``model.overrides``.
+    """
+    from irepa.models import build_model
+
+    cfg, data = context.config, context.data
+    kwargs: dict[str, Any] = {
+        "input_size": list(data.input_shape[1:]),
+        "in_channels": data.input_shape[0],
+        "num_classes": data.num_classes,
+        "null_class": True,  # the official layout: num_classes + 1 label rows (the null / CFG class)
+        "qk_norm": cfg.model.qk_norm,
+        **cfg.model.overrides,
+    }
+    if kwargs["input_size"][0] == kwargs["input_size"][1]:
+        kwargs["input_size"] = kwargs["input_size"][0]
+    try:
+        model = build_model(cfg.model.name, **kwargs)
+    except IrepaError as exc:
+        raise ConfigError(f"model {cfg.model.name!r}: {exc}") from exc
+    return model, dict(getattr(model, "config", kwargs))
+
+
+@OBJECTIVES.register("denoising")
+class DenoisingObjective(Objective):
+    """Velocity regression + optional representation alignment (SiT / REPA / iREPA).
+
+    Args:
+        model: The velocity model ``model(x_t, t, y, return_hidden=...) -> ModelOutput`` (``irepa.models``).
+        model_name: Its registry name; ``model_kwargs``: its constructor arguments (for snapshots).
+        context: The build context (data for ``x0``, diffusion settings).
+        alignment: The alignment term, or ``None`` to train without alignment.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        model_name: str,
+        model_kwargs: dict[str, Any],
+        context: ObjectiveContext,
+        alignment: AlignmentTerm | None = None,
+    ) -> None:
+        from irepa.diffusion.paths import get_path
+        from irepa.diffusion.time_sampling import get_time_sampler
+
+        super().__init__()
+        cfg = context.config.diffusion
+        self.model = model
+        self.alignment = alignment
+        self.aligner = alignment.aligner if alignment is not None else None  # registered: trained, checkpointed
+        self.data = context.data
+        self.settings = context.config.objective.settings  # the objective's typed settings (subclasses add fields)
+        self.model_name, self.model_kwargs = model_name, model_kwargs
+        self.path_name = cfg.path
+        self.path = get_path(cfg.path)
+        sampler_kwargs = dict(cfg.time_sampler_kwargs)
+        if cfg.time_sampler == "lognormal":
+            sampler_kwargs.setdefault("path", cfg.path)
+        self.time_sampler = get_time_sampler(cfg.time_sampler, **sampler_kwargs)
+        self.label_dropout = cfg.label_dropout
+
+    @classmethod
+    def build(cls, context: ObjectiveContext) -> DenoisingObjective:
+        """The ``model:`` backbone and the ``align:`` term (see :class:`~irepa.training.objectives.Objective`)."""
+        model, kwargs = build_backbone(context)
+        cfg = context.config
+        alignment = AlignmentTerm.from_config(
+            cfg,
+            image_size=context.data.image_size[0],
+            grid=model.grid,
+            source_dim=model.hidden_size,
+            what=cfg.model.name,
+            device=context.device,
+            locations=context.weight_locations,
+        )
+        return cls(model, model_name=cfg.model.name, model_kwargs=kwargs, context=context, alignment=alignment)
+
+    def trained_modules(self) -> dict[str, nn.Module]:
+        """``model`` and, with alignment, ``aligner`` (the projectors)."""
+        modules: dict[str, nn.Module] = {"model": self.model}
+        if self.aligner is not None:
+            modules["aligner"] = self.aligner
+        return modules
+
+    def ema_modules(self) -> tuple[str, ...]:
+        """The model only (the projectors are not used for sampling)."""
+        return ("model",)
+
+    def snapshot(self) -> SnapshotSpec:
+        """The EMA model, predicting the velocity on ``diffusion.path``."""
+        return SnapshotSpec("model", self.model_name, self.model_kwargs, {"path": self.path_name})
+
+    def draw(self, global_batch: int, generator: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
+        """The step's draws, in this order: ``t`` (G,), ``noise`` (G, C, h, w), ``drop`` (G,) bool.
+
+        In latent space also ``eps`` (G, C, h, w), for sampling the latents from their posterior moments.
+        """
+        shape = (global_batch, *self.data.input_shape)
+        draws = {
+            "t": self.time_sampler(global_batch, generator=generator, device=device),
+            "noise": torch.randn(shape, generator=generator, device=device),
+            "drop": label_drop_mask(global_batch, self.label_dropout, generator=generator, device=device),
+        }
+        if self.data.space == "latent":
+            draws["eps"] = torch.randn(shape, generator=generator, device=device)
+        return draws
+
+    def loss(self, batch: dict[str, torch.Tensor], draws: dict[str, torch.Tensor], step: int) -> Terms:
+        """``loss = denoise (+ align)``; with alignment also ``align``, ``align_loss``, ``align_cos``, ...
+
+        Args:
+            batch: ``label`` (B,), ``moments`` (latent space) or ``image`` (pixel space; also for the teacher).
+            draws: This micro-batch's slice of :meth:`draw`.
+            step: Optimizer step (alignment weight schedule).
+        """
+        x0 = self.data.model_input(batch, draws.get("eps"))
+        y = drop_labels(batch["label"], draws["drop"], self.model.null_label)
+        term = self.alignment
+        targets = (
+            term.targets(batch["image"], autocast=self.autocast()) if term is not None and term.active(step) else None
+        )
+        with self.autocast():
+            result = denoising_loss(
+                self.model,
+                self.path,
+                x0,
+                y,
+                t=draws["t"],
+                noise=draws["noise"],
+                return_hidden=term.depth if targets is not None else None,
+            )
+            terms: Terms = {"denoise": result.denoise}
+            loss = result.denoise
+            if targets is not None:
+                align = term(result.hidden, targets, grid=self.model.grid, step=step, aligner=self.aligner)
+                terms.update(align)
+                loss = loss + align["align"]
+        terms["loss"] = loss
+        return terms
+
+    def describe(self) -> list[str]:
+        """The path and time sampler."""
+        return [f"objective denoising (velocity on the {self.path_name} path, label dropout {self.label_dropout})"]

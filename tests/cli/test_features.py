@@ -95,3 +95,11 @@ def test_corrupt_or_pickled_weights_are_one_line_errors(run_cli, tmp_path):
                       "--out", tmp_path / "f.safetensors", "--resolution", "32", "--device", "cpu")  # fmt: skip
         assert res.code == 2 and message in res.err, (encoder, weights, res)
         assert len(res.err.strip().splitlines()) == 1 and "will likely succeed" not in res.err
+
+
+def test_no_progress_bar_frames_in_a_non_terminal_log(run_cli_subprocess, tmp_path):
+    images = image_folder(tmp_path / "images", classes=1, per_class=2)
+    res = run_cli_subprocess("features", "extract", "--encoder", "hog", "--resolution", "48", "--images", images,
+                             "--out", tmp_path / "f.safetensors", timeout=600)  # fmt: skip
+    assert res.code == 0, res
+    assert "\r" not in res.err and "img/s" not in res.err and "features hog" not in res.err, res.err

@@ -83,7 +83,10 @@ def _preset_line(name: str, config: TrainConfig) -> str:
             f"{', '.join(align.encoders)}, {projector} projector, λ {align.weight}, target norm {norm}, "
             f"depth {align.depth}"
         )
-    return f"{name:<28} {config.model.name:<10} {method}; {config.train.precision}"
+    objective = config.objective.name
+    return f"{name:<28} {config.model.name:<10} {objective + ', ' if objective != 'denoising' else ''}{method}; " + (
+        config.train.precision
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,8 +1,11 @@
-"""Training-step throughput of SiT-B/2- and XL/2-shaped models, and the overhead of REPA and iREPA.
+"""Training-step throughput of SiT-B/2-, XL/2- and JiT-B/16-shaped models, and the overhead of REPA and iREPA.
 
 One timed step is what :class:`irepa.training.trainer.Trainer` does per batch minus data loading and the teacher:
 times/noise drawing, the denoising forward (with the hidden tokens of block ``align.depth``), the alignment term
 (projector, target normalization, 1 − cos) in float32, backward, gradient clipping, AdamW and the EMA update.
+SiT runs the ``denoising`` objective's loss on 32×32×4 latents; JiT-B/16 runs the ``jit`` objective's loss
+(:func:`irepa.diffusion.losses.x_prediction_loss`) on 256 px RGB pixels: the same 16×16 token grid, plus JiT's 32
+in-context tokens from block 4.
 
 The alignment targets are **precomputed** fixed random tokens shaped like DINOv2-B's at 256 px (B, 256, 768), so
 the "overhead" is the aligner's own cost (projector + normalization + loss and their backward), independent of the
@@ -10,7 +13,7 @@ encoder. The teacher forward is reported separately (a randomly initialised DINO
 share of a step can be estimated.
 
 Methods: ``none`` (no alignment), ``repa`` (MLP projector, raw targets, λ 0.5), ``irepa`` (3×3 conv projector,
-spatial normalization γ 0.6, λ 1.0) — the shipped presets' settings.
+spatial normalization γ 0.6, λ 1.0 for SiT; γ 0.8, λ 0.5 for JiT) — the shipped presets' settings.
 
 CPU (this machine): small batches, and the XL/2 *shape* at reduced depth (full width 1152 / 16 heads / 256
 tokens; the memory of a full-depth XL training state does not fit next to other jobs), fp32. GPU (when one is
@@ -29,6 +32,8 @@ METHODS = {
     "repa": {"projector": "mlp", "target_norm": "none", "weight": 0.5},
     "irepa": {"projector": "conv", "kernel_size": 3, "target_norm": "spatial", "gamma": 0.6, "weight": 1.0},
 }
+#: The jit presets' iREPA head (γ 0.8, λ 0.5); REPA is the same as for SiT.
+JIT_IREPA = {**METHODS["irepa"], "gamma": 0.8, "weight": 0.5}
 
 
 def _step_fn(
@@ -49,7 +54,7 @@ def _step_fn(
     ``fused=`` to AdamW (None: PyTorch's default, as the trainer uses).
     """
     from irepa.align import AlignConfig, RepresentationAligner
-    from irepa.diffusion.losses import denoising_loss
+    from irepa.diffusion.losses import denoising_loss, x_prediction_loss
     from irepa.diffusion.paths import get_path
     from irepa.models import build_model
     from irepa.training.ema import EMA
@@ -57,9 +62,11 @@ def _step_fn(
     torch.manual_seed(0)
     with torch.device(device):  # initialize on the device (an XL/2 init on the CPU alone takes many seconds)
         model = build_model(model_name, **overrides)
+        jit = model_name.startswith("JiT-")
         aligner = None
         if METHODS[method] is not None:
-            cfg = AlignConfig(encoders=["dinov2-vit-b"], depth=align_depth, **METHODS[method])
+            head = JIT_IREPA if jit and method == "irepa" else METHODS[method]
+            cfg = AlignConfig(encoders=["dinov2-vit-b"], depth=align_depth, **head)
             aligner = RepresentationAligner.from_config(cfg, model.hidden_size, {"dinov2-vit-b": 768})
     path = get_path("linear")
     ema = EMA(model, 0.9999).to(device)
@@ -68,10 +75,12 @@ def _step_fn(
     optimizer = torch.optim.AdamW(params, lr=1e-4, **({} if fused_adamw is None else {"fused": fused_adamw}))
 
     def objective(x0, y, t, noise, targets):
-        # What the denoising objective computes per micro-batch (irepa.training.objectives.denoising).
-        result = denoising_loss(
-            model, path, x0, y, t=t, noise=noise, return_hidden=align_depth if aligner is not None else None
-        )
+        # What the objective computes per micro-batch (irepa.training.objectives.denoising / .jit).
+        hidden_at = align_depth if aligner is not None else None
+        if jit:
+            result = x_prediction_loss(model, x0, y, t=t, noise=noise, return_hidden=hidden_at)
+        else:
+            result = denoising_loss(model, path, x0, y, t=t, noise=noise, return_hidden=hidden_at)
         loss = result.denoise
         if aligner is not None:
             loss = loss + aligner.compute(targets, source=result.hidden, grid=model.grid, step=0)["align"]
@@ -150,17 +159,23 @@ def _teacher_ms(batch: int, device, precision: str, steps: int) -> float:
 
 def main(quick: bool = False) -> dict:
     """Run the benchmark; ``quick`` uses tiny depths and one timed step (keeps the script working in tests)."""
+    from irepa.models import MODELS
+
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     gpu = device.type == "cuda"
     precision = "bf16" if gpu else "fp32"
     if gpu:
-        cases = [("SiT-B/2", {}, 4, 256), ("SiT-XL/2", {}, 8, 256)]
+        cases = [("SiT-B/2", {}, 4, 256), ("JiT-B/16", {}, 4, 256), ("SiT-XL/2", {}, 8, 256)]
         steps, warmup = (3, 1) if quick else (20, 5)
     elif quick:
-        cases = [("SiT-B/2", {"depth": 2}, 1, 1), ("SiT-XL/2", {"depth": 1}, 1, 1)]
+        cases = [
+            ("SiT-B/2", {"depth": 2}, 1, 1),
+            ("JiT-B/16", {"depth": 2, "in_context_start": 1}, 1, 1),
+            ("SiT-XL/2", {"depth": 1}, 1, 1),
+        ]
         steps, warmup = 1, 1
     else:
-        cases = [("SiT-B/2", {}, 4, 4), ("SiT-XL/2", {"depth": 4}, 4, 2)]
+        cases = [("SiT-B/2", {}, 4, 4), ("JiT-B/16", {}, 4, 4), ("SiT-XL/2", {"depth": 4}, 4, 2)]
         steps, warmup = 5, 1
     rows = []
     for model_name, overrides, depth, batch in cases:
@@ -171,7 +186,7 @@ def main(quick: bool = False) -> dict:
             rows.append(
                 {
                     "model": model_name,
-                    "depth": overrides.get("depth", {"SiT-B/2": 12, "SiT-XL/2": 28}[model_name]),
+                    "depth": overrides.get("depth", MODELS.get(model_name).defaults["depth"]),
                     "align_depth": depth,
                     "batch": batch,
                     "method": method,

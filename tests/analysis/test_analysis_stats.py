@@ -1,5 +1,6 @@
 """Correlations, bootstrap intervals and p-values against scipy on fixed data."""
 
+import itertools
 import math
 
 import numpy as np
@@ -83,3 +84,17 @@ def test_leave_one_out_and_degenerate_inputs(study):
         correlate([1.0, 2.0], [1.0, 2.0])
     with pytest.raises(IrepaError, match="NaN or inf"):
         correlate([1.0, 2.0, math.nan], [1.0, 2.0, 3.0])
+
+
+def test_small_n_p_value_is_exact_by_enumeration():
+    x, y = [1.0, 2.0, 3.0], [2.0, 5.0, 9.0]
+    rho = correlate(x, y, "spearman", n_resamples=10)
+    assert rho.r == 1.0 and rho.p_value == pytest.approx(2 / 6)  # 2 of the 6 orderings reach |rho| = 1
+    assert stats.spearmanr(x, y).pvalue == 0.0  # scipy's approximation, which is wrong here
+    x5 = np.array([0.1, 0.4, 0.2, 0.9, 0.5])
+    y5 = np.array([3.0, 1.0, 2.5, 0.2, 1.1])
+    observed = abs(stats.pearsonr(x5, y5).statistic)
+    orders = list(itertools.permutations(range(5)))
+    hits = sum(abs(stats.pearsonr(x5[list(o)], y5).statistic) >= observed - 1e-12 for o in orders)
+    exact = hits / len(orders)  # 2 of 120, enumerated with scipy's r
+    assert correlate(x5, y5, n_resamples=10).p_value == pytest.approx(exact, abs=1e-12)

@@ -120,6 +120,33 @@ def test_convert_in_a_real_process(tmp_path, run_cli_subprocess):
     assert missing.code == 2 and "does not exist" in missing.err
 
 
+def test_convert_jit_checkpoint_writes_an_x_prediction_snapshot(tmp_path, run_cli, monkeypatch):
+    from irepa.models.jit import JIT_SIZES
+
+    tiny = {"depth": 3, "hidden_size": 32, "num_heads": 4, "bottleneck_dim": 16, "in_context_start": 1}
+    monkeypatch.setitem(JIT_SIZES, "tiny", tiny)  # a standard size, so the in-context start block is known
+    shapes = L.official_jit_shapes(depth=3, width=32, heads=4, patch=8, bottleneck=16, grid=4, num_classes=10,
+                                   in_context_len=4)  # fmt: skip
+    ema1, ema2 = L.random_jit_state(shapes, seed=0), L.random_jit_state(shapes, seed=1)
+    ns = argparse.Namespace(img_size=32, class_num=10, noise_scale=2.0, t_eps=0.05, sampling_method="heun",
+                            num_sampling_steps=50, cfg=2.9, interval_min=0.1, interval_max=1.0,
+                            enable_repa=False)  # fmt: skip
+    ckpt = tmp_path / "checkpoint-last.pth"
+    torch.save(L.jit_training_dict(ema2, ema1, ema2, ns), ckpt)
+    out = tmp_path / "converted"
+    res = run_cli("convert", ckpt, "--out", out)
+    assert res.code == 0, res
+    assert "x-prediction on the linear path, noise scale 2" in res.out
+    model, meta = load_inference(out / "model.safetensors")
+    assert meta["space"] == {"kind": "pixel", "channels": 3, "size": [32, 32], "image_size": [32, 32]}
+    assert meta["diffusion"] == {"path": "linear", "prediction": "x", "t_eps": 0.05, "noise_scale": 2.0,
+                                 "sampler": {"method": "heun", "num_steps": 50, "cfg_scale": 2.9,
+                                             "guidance_interval": [0.0, 0.9]}}  # fmt: skip
+    assert meta["ema"] is True and meta["source"]["weights"] == "ema"
+    for key, value in ema1.items():  # model_ema1: the EMA JiT samples with
+        assert torch.equal(model.state_dict()[key], value), key
+
+
 def test_convert_repae_training_dict_writes_its_tuned_vae(tmp_path, run_cli):
     spec = importlib.util.spec_from_file_location(
         "ldm_vae_layout_for_cli", Path(__file__).resolve().parents[1] / "models" / "ldm_vae_layout.py"

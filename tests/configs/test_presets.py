@@ -20,8 +20,39 @@ PAPER = {
 PARAMS_M = {"SiT-B/2": 130.3, "SiT-L/2": 457.8, "SiT-XL/2": 674.8}
 
 
+MEANFLOW = {
+    # name: (model, align depth or None, projector, target norm, omega, kappa, guidance interval)
+    "meanflow-b2-none": ("SiT-B/2", None, None, None, 1.0, 0.5, (0.0, 1.0)),
+    "meanflow-b2-repa": ("SiT-B/2", 4, "mlp", "none", 1.0, 0.5, (0.0, 1.0)),
+    "meanflow-b2-irepa": ("SiT-B/2", 4, "conv", "spatial", 1.0, 0.5, (0.0, 1.0)),
+    "meanflow-xl2-none": ("SiT-XL/2", None, None, None, 0.2, 0.92, (0.0, 0.8)),
+    "meanflow-xl2-repa": ("SiT-XL/2", 8, "mlp", "none", 0.2, 0.92, (0.0, 0.8)),
+    "meanflow-xl2-irepa": ("SiT-XL/2", 8, "conv", "spatial", 0.2, 0.92, (0.0, 0.8)),
+}
+
+
 def test_all_expected_presets_exist():
-    assert set(PAPER) | {"debug", "ci"} <= set(list_presets())
+    assert set(PAPER) | set(MEANFLOW) | {"debug", "ci", "ci-meanflow"} <= set(list_presets())
+
+
+@pytest.mark.parametrize("name", sorted(MEANFLOW))
+def test_meanflow_presets_match_the_published_settings(name):
+    """prior-implementations §8: Adam β2 0.95, lr 1e-4, batch 256, EMA 0.9999, logit-normal(-0.4, 1), 75 % r = t."""
+    model_name, depth, projector, norm, omega, kappa, interval = MEANFLOW[name]
+    cfg = resolve_config(preset=name)
+    mf = cfg.objective.settings
+    assert cfg.objective.name == "meanflow" and cfg.model.name == model_name
+    assert (mf.omega, mf.kappa, mf.guidance_interval) == (omega, kappa, interval)
+    assert mf.equal_share == 0.75 and mf.adaptive_c == 0.01 and mf.adaptive_p == 1.0
+    assert cfg.diffusion.time_sampler == "lognormal" and cfg.diffusion.time_sampler_kwargs == {"mean": -0.4, "std": 1.0}
+    assert cfg.diffusion.label_dropout == 0.1 and cfg.diffusion.path == "linear"
+    assert cfg.optim.lr == 1e-4 and cfg.optim.betas == (0.9, 0.95) and cfg.optim.weight_decay == 0.0
+    assert cfg.optim.global_batch_size == 256 and cfg.optim.grad_clip is None and cfg.train.ema_decay == 0.9999
+    if depth is None:
+        assert cfg.align.encoders == []
+    else:
+        assert cfg.align.encoders == ["dinov2-vit-b"] and cfg.align.depth == depth and cfg.align.weight == 0.5
+        assert cfg.align.projector == projector and cfg.align.target_norm == norm
 
 
 @pytest.mark.parametrize("name", sorted(list_presets()))
@@ -63,6 +94,59 @@ def test_paper_presets_match_the_recipe_and_build(name):
     assert params == pytest.approx(PARAMS_M[model_name], abs=0.05)
     assert model.grid == (16, 16) and 1 <= cfg.align.depth <= model.depth
     assert sum(p.numel() for p in aligner.parameters()) > 0
+
+
+JIT = {
+    # name: (model, align depth, projector, target norm, image px, noise scale, teacher px)
+    "jit-b16-irepa": ("JiT-B/16", 4, "conv", "spatial", 256, 1.0, 256),
+    "jit-b16-repa": ("JiT-B/16", 4, "mlp", "none", 256, 1.0, 256),
+    "jit-l16-irepa": ("JiT-L/16", 8, "conv", "spatial", 256, 1.0, 256),
+    "jit-l16-repa": ("JiT-L/16", 8, "mlp", "none", 256, 1.0, 256),
+    "jit-h16-irepa": ("JiT-H/16", 8, "conv", "spatial", 256, 1.0, 256),
+    "jit-h16-repa": ("JiT-H/16", 8, "mlp", "none", 256, 1.0, 256),
+    "jit-b32-irepa": ("JiT-B/32", 4, "conv", "spatial", 512, 2.0, 256),
+    "jit-b32-repa": ("JiT-B/32", 4, "mlp", "none", 512, 2.0, 256),
+    "jit-l32-irepa": ("JiT-L/32", 8, "conv", "spatial", 512, 2.0, 256),
+    "jit-l32-repa": ("JiT-L/32", 8, "mlp", "none", 512, 2.0, 256),
+    "jit-h32-irepa": ("JiT-H/32", 8, "conv", "spatial", 512, 2.0, 256),
+    "jit-h32-repa": ("JiT-H/32", 8, "mlp", "none", 512, 2.0, 256),
+}
+# Trainable parameters of the official JiT code at each preset's resolution (tests/models/test_jit.py).
+JIT_PARAMS = {"JiT-B/16": 131_123_712, "JiT-B/32": 133_190_400, "JiT-L/16": 458_877_664,
+              "JiT-L/32": 461_534_176, "JiT-H/16": 952_514_368, "JiT-H/32": 956_055_616}  # fmt: skip
+
+
+def test_all_jit_presets_exist():
+    assert set(JIT) | {"ci-jit"} <= set(list_presets())
+
+
+@pytest.mark.parametrize("name", sorted(JIT))
+def test_jit_presets_match_the_official_recipe_and_grids(name):
+    from irepa.encoders import ENCODERS
+    from irepa.models import build_model, count_parameters
+
+    model_name, depth, projector, norm, px, noise_scale, teacher_px = JIT[name]
+    cfg = resolve_config(preset=name)
+    jit = cfg.objective.settings
+    assert cfg.objective.name == "jit" and cfg.model.name == model_name and cfg.model.qk_norm
+    assert (jit.time_mean, jit.time_std, jit.t_eps, jit.label_dropout) == (0.8, 0.8, 0.05, 0.1)
+    assert jit.noise_scale == noise_scale and jit.sampler == "heun" and jit.num_steps == 50
+    assert jit.guidance_interval == (0.0, 0.9)  # JiT's [0.1, 1.0] in its reversed time
+    assert cfg.align.encoders == ["dinov2-vit-b"] and cfg.align.depth == depth and cfg.align.weight == 0.5
+    assert cfg.align.projector == projector and cfg.align.target_norm == norm
+    if norm == "spatial":
+        assert cfg.align.gamma == 0.8 and cfg.align.kernel_size == 3
+    assert cfg.data.space == "pixel" and cfg.data.resolution == px and cfg.data.flip
+    assert cfg.optim.lr == 5e-5 and cfg.optim.betas == (0.9, 0.95) and cfg.optim.grad_clip is None
+    assert cfg.optim.warmup_steps == 25020 and cfg.optim.global_batch_size == 256
+    assert cfg.train.ema_decay == 0.9999 and cfg.train.precision == "bf16" and cfg.train.max_steps == 200_000
+    assert (cfg.teacher.resolution or cfg.data.resolution) == teacher_px
+    assert cfg.model.overrides == ({"proj_drop": 0.2} if model_name.startswith("JiT-H") else {})
+    with torch.device("meta"):
+        model = build_model(cfg.model.name, input_size=px, null_class=True, **cfg.model.overrides)
+    assert count_parameters(model, trainable_only=True) == JIT_PARAMS[model_name]
+    assert model.grid == (16, 16) == ENCODERS.get("dinov2-vit-b").grid(teacher_px)  # the teacher matches the model
+    assert depth <= model.depth
 
 
 @pytest.mark.parametrize("name", ["repae-xl2-sdvae-repa", "repae-xl2-sdvae-irepa"])

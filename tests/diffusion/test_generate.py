@@ -159,7 +159,7 @@ def test_snapshot_sampler_reads_the_prediction_type(tmp_path):
 
 
 def test_predictions_registry_holds_the_built_in_adapters():
-    assert sorted(PREDICTIONS.list()) == ["eps", "v", "x"]
+    assert sorted(PREDICTIONS.list()) == ["average_velocity", "eps", "v", "x"]  # MeanFlow: irepa.diffusion.meanflow
     model = _tiny_model()
 
     class Fixed(torch.nn.Module):

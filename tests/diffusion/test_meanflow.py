@@ -15,6 +15,7 @@ from irepa.diffusion.meanflow import (
     sample_interval_times,
 )
 from irepa.diffusion.paths import LinearPath
+from irepa.diffusion.time_sampling import get_time_sampler
 from irepa.errors import IrepaError
 from irepa.models import build_model
 from irepa.models.layers import math_attention
@@ -75,11 +76,14 @@ def test_interval_times_give_exactly_the_share_of_equal_pairs(batch, share):
         assert not bool((r == t)[: int(batch * share)].all())
 
 
-def test_interval_times_validate():
+def test_interval_times_take_any_time_sampler_and_validate():
+    uniform = get_time_sampler("uniform")
+    r, t = sample_interval_times(16, time_sampler=uniform, generator=torch.Generator().manual_seed(5), equal_share=0)
+    g = torch.Generator().manual_seed(5)
+    a, b = uniform(16, generator=g), uniform(16, generator=g)
+    assert torch.equal(t, torch.maximum(a, b)) and torch.equal(r, torch.minimum(a, b))
     with pytest.raises(IrepaError, match="equal_share"):
         sample_interval_times(4, equal_share=1.5)
-    with pytest.raises(IrepaError, match="std"):
-        sample_interval_times(4, std=0.0)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -287,3 +291,49 @@ def test_exact_average_velocity_lands_on_the_data_in_any_number_of_steps(steps):
 
     result = meanflow_sample(u_fn, torch.randn(6, 3), torch.zeros(6, dtype=torch.long), num_steps=steps)
     torch.testing.assert_close(result.samples, target.expand(6, 3))
+
+
+def test_meanflow_sampler_is_registered_and_refuses_sampling_time_guidance():
+    from irepa.diffusion.samplers import SAMPLERS
+
+    def u_fn(z, r, t, y):
+        return z
+
+    noise = torch.randn(2, 3)
+    result = SAMPLERS.get("meanflow")(u_fn, LinearPath(), noise, torch.zeros(2, dtype=torch.long), num_steps=2)
+    torch.testing.assert_close(result.samples, noise * 0.25)  # two halvings: z - 0.5 z, twice
+    with pytest.raises(IrepaError, match="guidance built in at training time"):
+        SAMPLERS.get("meanflow")(u_fn, LinearPath(), noise, torch.zeros(2, dtype=torch.long), num_steps=1, cfg_scale=2)
+
+
+def test_meanflow_snapshot_samples_in_one_and_two_steps_through_the_generation_path(tmp_path):
+    from irepa.diffusion.generate import SamplingSettings, SnapshotSampler
+    from irepa.models.io import save_inference
+
+    model = tiny().eval()
+    meta = {
+        "space": {"kind": "pixel", "channels": 3, "size": [8, 8], "image_size": [8, 8]},
+        "diffusion": {"path": "linear", "objective": "meanflow", "prediction": "average_velocity",
+                      "sampler": "meanflow", "steps": 1},
+        "step": 1,
+        "ema": True,
+    }  # fmt: skip
+    path = tmp_path / "mf.safetensors"
+    save_inference(path, model, model_name="SiT-S/2", model_kwargs=model.config, metadata=meta)
+    sampler, _ = SnapshotSampler.load(path)
+    assert sampler.default_sampler == "meanflow" and sampler.default_steps == 1
+    labels = torch.tensor([0, 3])
+    one = sampler.generate([0, 1], labels, SamplingSettings(sampler="meanflow", steps=1))
+    two = sampler.generate([0, 1], labels, SamplingSettings(sampler="meanflow", steps=2))
+    assert one.images.shape == (2, 3, 8, 8) and one.images.dtype == torch.uint8 and one.finite.all()
+    assert not torch.equal(one.images, two.images)
+    # One step is x = z_1 - u(z_1, r=0, t=1) with the per-sample noise of the generation path.
+    from irepa.diffusion.generate import quantize
+    from irepa.diffusion.samplers import draw_noise, sample_generators
+
+    z = draw_noise((2, 3, 8, 8), sample_generators([0, 1], 0), device="cpu")
+    with torch.no_grad():
+        expected = z - model(z, torch.ones(2), labels, h=torch.ones(2)).out
+    assert torch.equal(one.images, quantize(expected))
+    with pytest.raises(IrepaError, match="sample it with --sampler meanflow"):
+        sampler.generate([0], labels[:1], SamplingSettings(sampler="euler", steps=2))

@@ -374,12 +374,20 @@ class CorrelationReport:
                 f"[{_fmt(m.spearman.ci[0])}, {_fmt(m.spearman.ci[1])}] | {_p(m.spearman.p_value)} | "
                 f"{_fmt(low)}..{_fmt(high)} ({worst or '—'}: {_fmt(worst_r)}) | {without} |"
             )
+        n_min = min(len(m.encoders) for m in self.measures.values())
         lines += [
             "",
             f"Outcome: {self.outcome}. Intervals: paired percentile bootstrap, {self.settings['n_resamples']} "
-            f"resamples, seed {self.settings['seed']}. p: two-sided, against r = 0. With n points an interval "
-            "wider than the gap between two measures' r means the data cannot rank those measures.",
+            f"resamples, seed {self.settings['seed']}. p: two-sided, against r = 0"
+            + (" (exact over all pairings for n ≤ 8)" if n_min <= 8 else "")
+            + ". An interval wider than the gap between two measures' r means the data cannot rank those measures.",
         ]
+        degenerate = max(max(m.pearson.degenerate, m.spearman.degenerate) for m in self.measures.values())
+        if degenerate:
+            lines.append(
+                f"Up to {degenerate} of {self.settings['n_resamples']} resamples drew too few distinct points for a "
+                "correlation and were dropped; with so few encoders the intervals are close to meaningless."
+            )
         return "\n".join(lines)
 
 

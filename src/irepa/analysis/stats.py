@@ -10,7 +10,9 @@ alone says little, so every correlation here comes with:
   (the tests check equality). Resamples whose statistic is undefined (all drawn points share an x or a y value, so
   the correlation is 0/0) are dropped and counted in ``degenerate``;
 * a **p-value** — two-sided, against zero correlation, from scipy (``pearsonr``: exact under bivariate normality;
-  ``spearmanr``: the t approximation);
+  ``spearmanr``: the t approximation) when ``n > 8``. With ``n ≤ 8`` points those approximations fail (scipy gives
+  p = 0 for a perfect rank correlation of 3 points), so the p-value is exact instead: the share of all ``n!``
+  pairings of x with y whose |r| is at least the observed one;
 * **leave-one-out** values — r with each point removed, so a single influential encoder is visible.
 
 Spearman's ρ is Pearson's r of the ranks, with ties given their average rank (as ``scipy.stats.rankdata``).
@@ -143,7 +145,27 @@ def bootstrap_interval(
     return float(low), float(high), degenerate
 
 
+#: Up to this many points the p-value enumerates all n! pairings (8! = 40,320) instead of scipy's approximation.
+EXACT_P_MAX_N = 8
+
+
+def permutation_p_value(x: np.ndarray, y: np.ndarray, method: str) -> float:
+    """Exact two-sided permutation p-value: share of the ``n!`` orderings of ``y`` with ``|r| ≥ |r_observed|``."""
+    import itertools
+
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    observed = abs(float(_STATISTICS[method](x, y)))
+    if math.isnan(observed):
+        return math.nan
+    orders = np.array(list(itertools.permutations(range(len(y)))))
+    values = np.abs(_STATISTICS[method](x[None, :], y[orders]))
+    return float(np.mean(values >= observed - 1e-12))
+
+
 def _p_value(x: np.ndarray, y: np.ndarray, method: str) -> float:
+    if len(x) <= EXACT_P_MAX_N:
+        return permutation_p_value(x, y, method)
     try:
         from scipy import stats
     except ImportError:
@@ -161,7 +183,7 @@ class Correlation:
     Attributes:
         method: ``pearson`` or ``spearman``.
         r: The coefficient on all points (NaN if a variable is constant).
-        p_value: Two-sided p-value against zero correlation (scipy).
+        p_value: Two-sided p-value against zero correlation (scipy; exact permutation for n ≤ 8).
         ci: Percentile-bootstrap interval ``(low, high)``.
         n: Number of points.
         confidence: Confidence level of ``ci``.

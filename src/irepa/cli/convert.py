@@ -1,8 +1,10 @@
-"""``irepa convert``: official REPA / iREPA / REPA-E ``.pt`` checkpoints → irepa inference snapshot + config.
+"""``irepa convert``: official REPA / iREPA / REPA-E / JiT checkpoints → irepa inference snapshot + config.
 
 Writes ``OUT/model.safetensors`` (an inference snapshot, see :mod:`irepa.models.io`), ``OUT/config.yaml`` (what was
 detected: model, diffusion path, latent space, alignment recipe, source file and the run's original args) and, when
-the checkpoint holds projectors, ``OUT/projectors.safetensors`` (aligner layout ``projectors.K.net.*``).
+the checkpoint holds projectors, ``OUT/projectors.safetensors`` (aligner layout ``projectors.K.net.*``). JiT
+snapshots are pixel space with ``diffusion: {path: linear, prediction: x, t_eps, noise_scale, sampler}`` from the
+run's args.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ _OUTPUTS = ("model.safetensors", "config.yaml", "projectors.safetensors", "vae")
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the ``irepa convert`` arguments."""
     parser.description = (
-        "Convert an official REPA / iREPA / REPA-E SiT checkpoint (.pt, read with weights_only=True) into an irepa "
-        "inference snapshot (model.safetensors + config.yaml, and projectors.safetensors when present)."
+        "Convert an official REPA / iREPA / REPA-E SiT or JiT / iREPA-JiT checkpoint (.pt/.pth, read with "
+        "weights_only=True) into an irepa inference snapshot (model.safetensors + config.yaml, and "
+        "projectors.safetensors when present)."
     )
     parser.add_argument("checkpoint", metavar="CKPT", help="official checkpoint: a training dict or a bare state dict")
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory (created if missing)")
@@ -81,12 +84,6 @@ def run(args: argparse.Namespace) -> int:
         raise IrepaError(f"{str(out)!r} already holds {', '.join(existing)}; pass --overwrite to replace them")
 
     ckpt = load_official_checkpoint(args.checkpoint, which=args.which, model_name=args.model)
-    if ckpt.origin in ("jit", "irepa-jit"):
-        raise IrepaError(
-            f"{args.checkpoint!r} is a {ckpt.model_name} checkpoint: JiT predicts clean images, and inference "
-            "snapshots do not record a prediction type yet; load it in Python with "
-            "irepa.models.official.load_official_checkpoint(...).build_model()"
-        )
     stats = load_latent_stats(args.latent_stats) if args.latent_stats else None
     vae = args.vae
     vae_model = None
@@ -101,9 +98,11 @@ def run(args: argparse.Namespace) -> int:
             vae = str((out / "vae").resolve())
     space = official_space(ckpt, vae=vae, latent_normalization=stats)
     official_args = ckpt.args or {}
+    jit = ckpt.origin in ("jit", "irepa-jit")
     path_name = args.path or official_args.get("path_type") or "linear"
-    if path_name not in PATHS:
-        raise IrepaError(f"the checkpoint's path_type {path_name!r} is not one of {PATHS.list()}; pass --path")
+    if path_name not in PATHS or (jit and path_name != "linear"):
+        raise IrepaError(f"the checkpoint's path {path_name!r} is not one of {PATHS.list()} (JiT: linear); pass --path")
+    diffusion = _jit_diffusion(official_args, space["size"][0]) if jit else {"path": path_name}
     dtype = getattr(torch, args.dtype)
 
     source = {
@@ -116,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     }
     config = {
         "model": {"name": ckpt.model_name, "kwargs": ckpt.model_kwargs},
-        "diffusion": {"path": path_name},
+        "diffusion": diffusion,
         "space": space,
     }
     align = ckpt.align_settings()
@@ -135,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
         model_name=ckpt.model_name,
         model_kwargs=ckpt.model_kwargs,
         metadata={
-            "diffusion": {"path": path_name},
+            "diffusion": diffusion,
             "space": space,
             "step": ckpt.steps,
             "ema": ckpt.which == "ema",
@@ -190,10 +189,37 @@ def run(args: argparse.Namespace) -> int:
         )
         dims = ", ".join(shape.format(d) for d in info.out_dims)
         print(f"projector {len(info.out_dims)} x {info.kind} ({dims}), {info.layout} key layout")
-    norm = space["normalization"]
-    norm_text = f"sd-scalar {norm['scale']}" if norm["kind"] == "sd-scalar" else f"{norm['kind']} statistics"
-    print(f"space     latent, VAE {space['vae']}, {norm_text}; path {path_name}")
+    if jit:
+        print(f"space     pixel; x-prediction on the linear path, noise scale {diffusion['noise_scale']:g}")
+    else:
+        norm = space["normalization"]
+        norm_text = f"sd-scalar {norm['scale']}" if norm["kind"] == "sd-scalar" else f"{norm['kind']} statistics"
+        print(f"space     latent, VAE {space['vae']}, {norm_text}; path {path_name}")
     if align:
         print(f"align     {', '.join(f'{k}={v}' for k, v in align.items())}")
     print(f"wrote     {', '.join(str(out / name) for name in written)}")
     return 0
+
+
+def _jit_diffusion(args: dict, image_side: int) -> dict:
+    """A JiT checkpoint's ``diffusion`` metadata: x-prediction on the linear path, from its args (JiT's defaults).
+
+    JiT's guidance interval ``[interval_min, interval_max]`` is over its reversed time ``t_JiT = 1 − t``; in SiT
+    time it is ``[1 − interval_max, 1 − interval_min]``.
+    """
+    from irepa.diffusion.losses import jit_noise_scale
+
+    low, high = float(args.get("interval_min", 0.0)), float(args.get("interval_max", 1.0))  # JiT CLI defaults
+    noise_scale = args.get("noise_scale")
+    return {
+        "path": "linear",
+        "prediction": "x",
+        "t_eps": float(args.get("t_eps", 0.05)),
+        "noise_scale": float(noise_scale) if noise_scale is not None else jit_noise_scale(image_side),
+        "sampler": {
+            "method": str(args.get("sampling_method", "heun")),
+            "num_steps": int(args.get("num_sampling_steps", 50)),
+            "cfg_scale": float(args.get("cfg", 1.0)),
+            "guidance_interval": [round(1.0 - high, 12), round(1.0 - low, 12)],
+        },
+    }

@@ -56,9 +56,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-samples", type=int, required=True, metavar="N", help="number of samples (papers: 50000)")
     parser.add_argument("--out", type=Path, required=True, metavar="FILE", help="output .npz (ADM format)")
     parser.add_argument(
-        "--sampler", choices=("euler", "heun", "sde"), default="sde", help="sampler (default: sde, as the papers)"
+        "--sampler",
+        choices=("euler", "heun", "sde", "meanflow"),
+        default=None,
+        help="sampler (default: the snapshot's, i.e. meanflow for MeanFlow models, else sde as the papers)",
     )
-    parser.add_argument("--steps", type=int, default=250, help="sampling steps (default: 250); heun: NFE = 2N-1")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="sampling steps (default: the snapshot's, i.e. 1 for MeanFlow, else 250); heun: NFE = 2N-1",
+    )
     parser.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale (1: no CFG)")
     parser.add_argument(
         "--guidance-low", type=float, default=0.0, help="guidance interval start in SiT time (t=0 data; default 0)"
@@ -281,6 +289,7 @@ def _work_dir(out: Path) -> Path:
 def run(args: argparse.Namespace) -> int:
     """Generate the samples, assemble the ``.npz`` and write the recipe card."""
     from irepa import __version__
+    from irepa.diffusion.generate import check_sampler, velocity_function
     from irepa.diffusion.paths import get_path
     from irepa.diffusion.samplers import generator_seed, sample_labels
     from irepa.metrics.generative.evaluator import label_balance, recipe_card_path
@@ -306,11 +315,16 @@ def run(args: argparse.Namespace) -> int:
         model_dtype = getattr(torch, args.dtype)
         model, meta = load_inference(args.snapshot, device=device, dtype=torch.float32)
         snapshot_sha = sha256_file(args.snapshot)
+        diffusion = meta["diffusion"]
+        prediction = str(diffusion.get("prediction", "v"))
+        # A MeanFlow snapshot records its sampler ("meanflow") and default steps; other snapshots: SDE, 250 steps.
+        sampler_name = args.sampler or str(diffusion.get("sampler", "sde"))
+        check_sampler(prediction, sampler_name)
         recipe = SampleRecipe(
             snapshot_sha256=snapshot_sha,
             num_samples=args.num_samples,
-            sampler=args.sampler,
-            steps=args.steps,
+            sampler=sampler_name,
+            steps=args.steps if args.steps is not None else int(diffusion.get("steps", 250)),
             cfg_scale=args.cfg_scale,
             guidance_interval=(args.guidance_low, args.guidance_high),
             heun_guidance_time=args.heun_guidance_time,
@@ -337,12 +351,8 @@ def run(args: argparse.Namespace) -> int:
             raise IrepaError(f"decoded images have {image_shape[2]} channels; the ADM format needs RGB")
         path = get_path(meta["diffusion"]["path"])
 
-        device_type = torch.device(device).type
-
-        @torch.no_grad()
-        def velocity(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            with torch.autocast(device_type, dtype=model_dtype, enabled=model_dtype != torch.float32):
-                return model(x, t, y).out.float()
+        # The sampler's model function from the snapshot's prediction type (MeanFlow: u(z, r, t, y)).
+        velocity = velocity_function(model, diffusion, dtype=model_dtype)
 
         work = _work_dir(args.out)
         fingerprint = dataclasses.asdict(recipe)

@@ -49,6 +49,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from irepa.diffusion.meanflow import average_velocity_adapter
 from irepa.diffusion.paths import InterpolationPath, expand_t, get_path
 from irepa.diffusion.samplers import SAMPLERS, VelocityFn, draw_noise, sample_generators
 from irepa.errors import IrepaError
@@ -61,6 +62,7 @@ __all__ = [
     "Generated",
     "SamplingSettings",
     "SnapshotSampler",
+    "check_sampler",
     "generate",
     "quantize",
     "to_velocity",
@@ -136,6 +138,24 @@ def _affine_adapter(prediction: str) -> Callable[[nn.Module, InterpolationPath, 
 
 for _name in ("v", "x", "eps"):
     PREDICTIONS.register(_name, _affine_adapter(_name))
+# MeanFlow: u(z, r, t, y) for the "meanflow" sampler (registered in SAMPLERS by irepa.diffusion.meanflow).
+PREDICTIONS.register("average_velocity", average_velocity_adapter)
+
+#: Prediction types that need one particular sampler (and that sampler only accepts them).
+PREDICTION_SAMPLERS = {"average_velocity": "meanflow"}
+
+
+def check_sampler(prediction: str, sampler: str) -> None:
+    """Refuse a sampler that cannot drive a model of this prediction type (``euler`` on MeanFlow, or vice versa).
+
+    Raises:
+        IrepaError: Naming the sampler to use.
+    """
+    needed = PREDICTION_SAMPLERS.get(prediction)
+    if needed is not None and sampler != needed:
+        raise IrepaError(f"this snapshot predicts {prediction!r}: sample it with --sampler {needed}, not {sampler!r}")
+    if needed is None and sampler in PREDICTION_SAMPLERS.values():
+        raise IrepaError(f"sampler {sampler!r} needs a MeanFlow snapshot; this one predicts {prediction!r}")
 
 
 def velocity_function(
@@ -159,9 +179,9 @@ def velocity_function(
     reduced = dtype != torch.float32
 
     @torch.no_grad()
-    def velocity(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def velocity(*args: torch.Tensor) -> torch.Tensor:  # (x, t, y); MeanFlow's average velocity: (z, r, t, y)
         with torch.autocast(device_type, dtype=dtype, enabled=reduced):
-            return fn(x, t, y).float()
+            return fn(*args).float()
 
     return velocity
 
@@ -371,6 +391,22 @@ class SnapshotSampler:
         return str(self.diffusion.get("prediction", "v"))
 
     @property
+    def default_sampler(self) -> str | None:
+        """The sampler the snapshot asks for (MeanFlow: ``meanflow``), or ``None`` (any; ``irepa sample``: sde)."""
+        sampler = self.diffusion.get("sampler", PREDICTION_SAMPLERS.get(self.prediction))
+        return None if sampler is None else str(sampler)
+
+    @property
+    def default_steps(self) -> int | None:
+        """The number of sampling steps the snapshot records (MeanFlow: ``objective.sample_steps``), or ``None``."""
+        steps = self.diffusion.get("steps")
+        return None if steps is None else int(steps)
+
+    def check_sampler(self, sampler: str) -> None:
+        """Refuse a sampler that cannot drive this model (:func:`check_sampler`)."""
+        check_sampler(self.prediction, sampler)
+
+    @property
     def shape(self) -> tuple[int, ...]:
         """``(C, h, w)`` of one model input."""
         return (int(self.model.in_channels), *(int(s) for s in self.model.input_size))
@@ -389,6 +425,7 @@ class SnapshotSampler:
         """Samples ``indices`` with ``labels`` (see :func:`generate`)."""
         if settings.cfg_scale > 1 and self.null_label is None:
             raise IrepaError("cfg_scale > 1 needs a model with a null class (trained with label dropout)")
+        self.check_sampler(settings.sampler)
         velocity = velocity_function(self.model, self.diffusion, dtype=settings.torch_dtype)
         return generate(
             velocity,

@@ -19,7 +19,15 @@ from torch import nn
 from irepa.diffusion.paths import InterpolationPath
 from irepa.errors import IrepaError
 
-__all__ = ["DenoisingResult", "denoising_loss", "drop_labels", "label_drop_mask", "velocity_loss"]
+__all__ = [
+    "DenoisingResult",
+    "denoising_loss",
+    "drop_labels",
+    "jit_noise_scale",
+    "label_drop_mask",
+    "velocity_loss",
+    "x_prediction_loss",
+]
 
 
 def velocity_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -139,4 +147,66 @@ def denoising_loss(
         x_t=sample.x_t,
         target=sample.velocity,
         pred=output.out,
+    )
+
+
+def jit_noise_scale(image_side: int) -> float:
+    """JiT's noise standard deviation by resolution, ``max(1, side / 256)``: 1 at 256 px, 2 at 512 px (README)."""
+    return max(1.0, image_side / 256)
+
+
+def x_prediction_loss(
+    model: nn.Module,
+    x0: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    t: torch.Tensor,
+    noise: torch.Tensor,
+    noise_scale: float = 1.0,
+    t_eps: float = 0.05,
+    return_hidden: int | None = None,
+) -> DenoisingResult:
+    """One evaluation of JiT's objective: an x-prediction model trained with the loss in velocity space.
+
+    On the linear path with noise of standard deviation ``s`` (SiT time; ``irepa.training.objectives.jit`` states
+    how this is JiT's recipe in its reversed time)::
+
+        x_t = (1 − t) x0 + t s ε,   x̂0 = model(x_t, t, y),
+        v = (x_t − x0) / max(t, t_eps),   v̂ = (x_t − x̂0) / max(t, t_eps),   loss = mean (v − v̂)²
+
+    Args:
+        model: Clean-image model ``model(x_t, t, y, return_hidden=...) -> ModelOutput`` (a JiT).
+        x0: Clean images (B, C, H, W) in [-1, 1].
+        y: Labels (B,) int64, label dropout already applied (:func:`drop_labels`).
+        t: SiT times (B,) in [0, 1].
+        noise: Standard normal noise (B, C, H, W) (scaled by ``noise_scale`` here).
+        noise_scale: Noise standard deviation ``s`` (JiT: 1 at 256 px, 2 at 512 px).
+        t_eps: Lower bound of ``t`` in the velocity denominators.
+        return_hidden: Block (1-based) whose tokens the aligner needs.
+
+    Returns:
+        :class:`DenoisingResult` with ``target`` = ``v`` and ``pred`` = ``v̂`` (float32).
+    """
+    if noise.shape != x0.shape or t.shape != x0.shape[:1]:
+        raise IrepaError(
+            f"x-prediction loss: noise {tuple(noise.shape)} and times {tuple(t.shape)} must match data "
+            f"{tuple(x0.shape)}"
+        )
+    tt = t.to(x0.dtype).view(-1, *[1] * (x0.ndim - 1))
+    x_t = (1 - tt) * x0 + tt * (noise_scale * noise)
+    output = model(x_t, t, y, return_hidden=return_hidden)
+    with torch.autocast(device_type=x0.device.type, enabled=False):
+        denominator = tt.float().clamp_min(t_eps)
+        target = (x_t.float() - x0.float()) / denominator
+        pred = (x_t.float() - output.out.float()) / denominator
+    per_sample = velocity_loss(pred, target)
+    return DenoisingResult(
+        denoise=per_sample.mean(),
+        per_sample=per_sample,
+        hidden=output.hidden,
+        t=t,
+        y=y,
+        x_t=x_t,
+        target=target,
+        pred=pred,
     )

@@ -42,7 +42,8 @@ import torch
 from torch import nn
 
 from irepa.diffusion.paths import InterpolationPath, LinearPath, expand_t
-from irepa.diffusion.samplers import SamplerResult
+from irepa.diffusion.samplers import SAMPLERS, SamplerResult
+from irepa.diffusion.time_sampling import TimeSampler, get_time_sampler
 from irepa.errors import IrepaError
 from irepa.models.layers import math_attention
 
@@ -51,10 +52,12 @@ __all__ = [
     "MeanFlowGuidance",
     "MeanFlowResult",
     "adaptive_weight",
+    "average_velocity_adapter",
     "average_velocity_jvp",
     "guided_velocity",
     "meanflow_loss",
     "meanflow_sample",
+    "meanflow_sampler",
     "meanflow_time_grid",
     "sample_interval_times",
 ]
@@ -70,25 +73,24 @@ AverageVelocityFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Te
 def sample_interval_times(
     batch_size: int,
     *,
+    time_sampler: TimeSampler | None = None,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
-    mean: float = -0.4,
-    std: float = 1.0,
     equal_share: float = 0.75,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw MeanFlow's ``(r, t)`` pairs in SiT time.
 
-    Two logit-normal draws ``sigmoid(N(mean, std))`` per sample (``t`` first, then ``r``), ``t = max``,
+    Two draws of ``time_sampler`` per sample (default: MeanFlow's logit-normal ``sigmoid(N(-0.4, 1))``, which is
+    :mod:`irepa.diffusion.time_sampling`'s ``lognormal`` with mean -0.4, std 1 on the linear path), ``t = max``,
     ``r = min``; then ``r = t`` for exactly ``floor(equal_share · B)`` samples (the official JAX count), chosen by
     one random permutation of the batch rather than by position, so any slice of a global batch (a process, a
     micro-batch) gets that share in expectation.
 
     Args:
         batch_size: ``B`` (the whole global batch, sliced by the caller).
-        generator: Draws happen on its device (three draws: two normals and one permutation), then move to ``device``.
+        time_sampler: A bound time sampler (:func:`irepa.diffusion.time_sampling.get_time_sampler`).
+        generator: Draws happen on its device (two time draws, then one permutation), then move to ``device``.
         device: Device of the results.
-        mean: Mean of the normal before the sigmoid (MeanFlow ImageNet: -0.4).
-        std: Its standard deviation (1.0).
         equal_share: Fraction of the batch with ``r = t`` (official ImageNet: 0.75).
 
     Returns:
@@ -96,14 +98,13 @@ def sample_interval_times(
     """
     if batch_size < 1:
         raise IrepaError(f"batch_size must be >= 1, got {batch_size}")
-    if std <= 0:
-        raise IrepaError(f"the logit-normal std must be > 0, got {std}")
     if not 0.0 <= equal_share <= 1.0:
         raise IrepaError(f"equal_share (the share of samples with r = t) must be in [0, 1], got {equal_share}")
+    if time_sampler is None:
+        time_sampler = get_time_sampler("lognormal", path="linear", mean=-0.4, std=1.0)
     source = generator.device if generator is not None else device
-    first = torch.randn(batch_size, generator=generator, device=source) * std + mean
-    second = torch.randn(batch_size, generator=generator, device=source) * std + mean
-    a, b = torch.sigmoid(first), torch.sigmoid(second)
+    a = time_sampler(batch_size, generator=generator, device=source)
+    b = time_sampler(batch_size, generator=generator, device=source)
     t, r = torch.maximum(a, b), torch.minimum(a, b)
     order = torch.randperm(batch_size, generator=generator, device=source)
     equal = torch.zeros(batch_size, dtype=torch.bool, device=source)
@@ -438,3 +439,48 @@ def meanflow_sample(
         u = u_fn(x.to(noise.dtype), r, t, labels).to(torch.float64)
         x = x - (t_cur - t_next) * u
     return SamplerResult(x.to(noise.dtype), len(times) - 1, 0, times[:-1])
+
+
+@SAMPLERS.register("meanflow")
+@torch.no_grad()
+def meanflow_sampler(
+    u_fn: AverageVelocityFn,
+    path: InterpolationPath,
+    noise: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    num_steps: int,
+    cfg_scale: float = 1.0,
+    guidance_interval: tuple[float, float] = (0.0, 1.0),
+    null_label: int | None = None,
+    generator: object = None,
+) -> SamplerResult:
+    """:func:`meanflow_sample` on the uniform grid, in the signature of :data:`~irepa.diffusion.samplers.SAMPLERS`.
+
+    ``u_fn`` is an average-velocity function (:func:`average_velocity_adapter`), not a velocity function. The
+    path, guidance interval, null label and generators are accepted for the shared signature and unused: the
+    sampler is deterministic, and a MeanFlow model carries its guidance from training.
+
+    Raises:
+        IrepaError: ``cfg_scale != 1`` (there is no sampling-time guidance for MeanFlow models).
+    """
+    del path, guidance_interval, null_label, generator
+    if cfg_scale != 1.0:
+        raise IrepaError(
+            f"cfg_scale {cfg_scale}: a MeanFlow model has its guidance built in at training time (omega, kappa; see "
+            "the snapshot's training_guidance); sample it with cfg_scale 1"
+        )
+    return meanflow_sample(u_fn, noise, labels, num_steps=num_steps)
+
+
+def average_velocity_adapter(model: nn.Module, path: InterpolationPath, diffusion: object) -> AverageVelocityFn:
+    """``u(z, r, t, y) = model(z, t, y, h=t - r).out`` of a MeanFlow network (the ``average_velocity`` prediction).
+
+    The signature of :data:`irepa.diffusion.generate.PREDICTIONS` adapters; ``path`` and ``diffusion`` are unused.
+    """
+    del path, diffusion
+
+    def u_fn(z: torch.Tensor, r: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return model(z, t, y, h=t - r).out
+
+    return u_fn

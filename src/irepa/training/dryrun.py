@@ -53,7 +53,10 @@ def dry_run_report(config: TrainConfig, run_dir: str | Path, *, world_size: int 
         notes.append(f"data: {info['count']} images, {info['num_classes']} classes, {cfg.data.space} input {shape}")
     except IrepaError as exc:
         notes.append(f"data: NOT READY: {exc}")
-        notes.append("model sizes below assume the model's defaults (32x32x4 latents, 1000 classes)")
+        notes.append(
+            "model sizes below assume the model's defaults (SiT: 32x32x4 latents, JiT: its registered image size; "
+            "1000 classes)"
+        )
     model_kwargs.update(cfg.model.overrides)
     with torch.device("meta"):
         model = build_model(cfg.model.name, **model_kwargs)

@@ -52,6 +52,7 @@ from irepa.training.checkpoint import CheckpointError, CheckpointManager, Loaded
 from irepa.training.config import TrainConfig, check_resume_compatible, check_run_dir
 from irepa.training.distributed import (
     capture_rng_state,
+    check_replicas_in_sync,
     make_accelerator,
     per_device_batch_size,
     restore_rng_state,
@@ -211,8 +212,7 @@ class Trainer:
                 "(DDP's backward hooks cannot sync phases that update different parameters)"
             )
         if cfg.train.compile:
-            for module in self.modules.values():
-                module.compile()  # in place: state-dict keys stay unprefixed
+            self.objective.compile_for_training()
         # DDP when world_size > 1, unless the objective all-reduces its gradients itself.
         if self.objective.manual_grad_sync:
             self.wrapped: nn.Module = self.objective
@@ -236,6 +236,7 @@ class Trainer:
         if unknown:
             raise IrepaError(f"objective {cfg.objective.name!r}: phases name unknown optimizers {unknown}")
         self.params = [p for params in self.optimizer_params.values() for p in params]
+        self._param_names = {id(p): name for name, p in self.objective.named_parameters()}
         self.scaler = torch.amp.GradScaler("cuda") if cfg.train.precision == "fp16" else None
 
         # Per-step randomness: one generator, same seed and state on every process (see train_step).
@@ -426,6 +427,10 @@ class Trainer:
                     terms_sum[key] = terms_sum[key] + value if key in terms_sum else value
             if self.objective.manual_grad_sync and self.world_size > 1:
                 sync_gradients(params, self.world_size)
+                every = self.objective.sync_check_every_steps
+                if every and (self.step + 1) % every == 0:
+                    grads = {self._param_names.get(id(p), str(i)): p.grad for i, p in enumerate(params)}
+                    check_replicas_in_sync(grads, what="gradients", step=self.step + 1)
             phase_skipped, phase_stop, grad_norm = self._step_optimizer(optimizer, params, phase.optimizer, terms_sum)
             grad_norms[prefix + "grad_norm"] = grad_norm
             skipped, stop = skipped or phase_skipped, stop or phase_stop

@@ -181,6 +181,10 @@ class Objective(nn.Module):
     manual_grad_sync: ClassVar[bool] = False
     """True when the trainer must not DDP-wrap the objective and all-reduces gradients itself (MeanFlow's JVP,
     several phases)."""
+    sync_check_every_steps: int = 0
+    """With ``manual_grad_sync`` on several processes: every this many steps the trainer verifies, after the
+    all-reduce, that every process holds bit-identical gradients (:func:`~irepa.training.distributed.
+    check_replicas_in_sync`, one small collective; 0 = never). Checkpoints always verify the weights."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -233,6 +237,16 @@ class Objective(nn.Module):
     def snapshot(self) -> SnapshotSpec:
         """What the EMA inference snapshot holds (see :class:`SnapshotSpec`)."""
         raise NotImplementedError
+
+    def compile_for_training(self) -> None:
+        """Compile for training (the trainer calls it when ``train.compile`` is on).
+
+        Default: the snapshot's module (the backbone) in place, so state-dict keys stay unprefixed; the small
+        auxiliary modules (projectors) stay eager, as before objectives existed. Objectives whose step cannot run
+        through a compiled module (MeanFlow compiles its whole JVP step instead) or that want more compiled override
+        it.
+        """
+        self.trained_modules()[self.snapshot().module].compile()
 
     def snapshot_space(self, snapshot_path: Path) -> dict[str, Any] | None:
         """The ``space`` header entry of the snapshot written to ``snapshot_path`` (main process only).

@@ -26,6 +26,47 @@ def test_list_presets_lines_come_from_the_resolved_config(run_cli):
     assert "mlp projector, λ 0.5, target norm none" in lines["sit-b2-repa"]
 
 
+def _config_leaves(cls, prefix=""):
+    """Dotted leaf keys of a config dataclass tree (independent of irepa.config.describe)."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[field.name]):
+            yield from _config_leaves(hints[field.name], f"{prefix}{field.name}.")
+        else:
+            yield prefix + field.name
+
+
+def test_help_config_lists_every_key_with_type_default_and_doc(run_cli):
+    from irepa.training.config import TrainConfig
+    from irepa.training.objectives import OBJECTIVES
+
+    res = run_cli("train", "--help-config")
+    assert res.code == 0, res
+    lines = res.out.splitlines()
+    listed = [line.split()[0] for line in lines if line.startswith("  ") and not line.startswith("   ")]
+    # objective.settings stands for the objectives' own flat keys (objective.<field> of each objective's Settings).
+    settings = [f"objective.{key}" for _, obj in OBJECTIVES.items() for key in _config_leaves(obj.Settings)]
+    expected = list(_config_leaves(TrainConfig))
+    at = expected.index("objective.settings")
+    assert listed == [*expected[:at], *settings, *expected[at + 1 :]]
+    for i, line in enumerate(lines):
+        if line.startswith("  ") and not line.startswith("   "):
+            assert lines[i + 1].startswith("      ") and lines[i + 1].strip(), f"{line.split()[0]} has no description"
+    assert "  train.max_steps (int, default 400000)" in lines
+    assert "      Optimizer steps to train for (may be raised when resuming)." in lines
+    assert "  align.decay_end (int | null, default null)" in lines and "  optim.betas (tuple[float, float]" in res.out
+    assert "train: The loop, precision, EMA, intervals and fault handling" in res.out
+
+    res = run_cli("train", "--help-config", "align")
+    keys = [line.split()[0] for line in res.out.splitlines() if line.startswith("  ") and not line.startswith("   ")]
+    assert res.code == 0 and keys == [k for k in _config_leaves(TrainConfig) if k.startswith("align.")]
+    res = run_cli("train", "--help-config", "optimizer")
+    assert res.code == 2 and "unknown section 'optimizer'; sections: model, " in res.err and " optim, " in res.err
+
+
 def test_dry_run_prints_config_and_batch_split(run_cli, tmp_path):
     res = run_cli("train", "--preset", "sit-xl2-irepa", "--dry-run", "--processes", "8", "--run-dir", tmp_path / "r")
     assert res.code == 0, res
@@ -67,61 +108,6 @@ def test_bad_input_exits_2_with_one_line(run_cli, args, message):
 def test_missing_data_store_is_a_clear_error(run_cli, tmp_path):
     res = run_cli("train", "--preset", "ci", f"data.images={tmp_path}/nope", "--run-dir", tmp_path / "run")
     assert res.code == 2 and "is not a data store (no manifest.json there)" in res.err
-
-
-@pytest.fixture(scope="module")
-def ci_stores(tmp_path_factory):
-    """A 32-image synthetic store at 64 px and its latents from a tiny random VAE, made with the real CLI."""
-    from irepa.cli.main import main
-    from irepa.data.vae import save_random_vae
-
-    root = tmp_path_factory.mktemp("ci")
-    vae = save_random_vae(root / "vae")
-    assert (
-        main(
-            [
-                "data",
-                "prepare",
-                "--synthetic",
-                "32",
-                "--num-classes",
-                "4",
-                "--resolution",
-                "64",
-                "--out",
-                str(root / "images"),
-                "--quiet",
-            ]
-        )
-        == 0
-    )
-    assert (
-        main(
-            [
-                "data",
-                "encode",
-                "--store",
-                str(root / "images"),
-                "--vae",
-                str(vae),
-                "--out",
-                str(root / "latents"),
-                "--batch-size",
-                "16",
-                "--quiet",
-            ]
-        )
-        == 0
-    )
-    return [f"data.images={root / 'images'}", f"data.latents={root / 'latents'}"]
-
-
-@pytest.fixture(scope="module")
-def ci_vae(ci_stores):
-    """The tiny random VAE folder the CI latents were encoded with (written by ``ci_stores``)."""
-    from pathlib import Path
-
-    return Path(ci_stores[0].split("=", 1)[1]).parent / "vae"
 
 
 def test_ci_preset_end_to_end_then_resume_then_sample(run_cli, tmp_path, ci_stores, ci_vae):

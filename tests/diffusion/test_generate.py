@@ -172,3 +172,21 @@ def test_predictions_registry_holds_the_built_in_adapters():
         fn(x, torch.tensor([0.5, 0.0]), torch.tensor([0, 1])), x / torch.tensor([0.5, 0.1]).view(-1, 1, 1, 1)
     )
     del model
+
+
+def test_generation_starts_from_noise_scaled_by_the_snapshots_noise_scale():
+    """JiT at 512 px trains with noise of std 2: a zero velocity must leave the samples at exactly 2 · ε."""
+    seen = []
+
+    def decode(x):
+        seen.append(x.clone())
+        return x.clamp(-1, 1)
+
+    settings = SamplingSettings(sampler="euler", steps=2)
+    zero = lambda x, t, y: torch.zeros_like(x)  # noqa: E731
+    labels = torch.tensor([0, 1])
+    path = get_path("linear")
+    for scale in (1.0, 2.0):
+        generate(zero, path, [0, 1], labels, settings, shape=(3, 4, 4), null_label=None, decode=decode,
+                 noise_scale=scale)  # fmt: skip
+    torch.testing.assert_close(seen[1], 2 * seen[0], rtol=0, atol=0)

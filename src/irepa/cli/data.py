@@ -205,17 +205,15 @@ def _env_int(name: str, default: int) -> int:
 
 
 def _encode(args: argparse.Namespace) -> int:
-    import torch
 
     from irepa.data.encode import encode_latent_store, finalize_latent_store
     from irepa.data.store import open_store
     from irepa.data.vae import load_vae
+    from irepa.utils.device import resolve_device
 
     rank, world_size = _env_int("RANK", 0), _env_int("WORLD_SIZE", 1)
     local_rank = _env_int("LOCAL_RANK", 0)
-    device = args.device
-    if device == "auto":
-        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(args.device, local_rank=local_rank)
     offline = args.offline or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
     images = open_store(args.store, kind="images")
     vae = load_vae(

@@ -173,20 +173,12 @@ def add_encoder_arguments(
     add_location_arguments(parser)
 
 
-def resolve_device(name: str) -> str:
-    """``auto`` → ``cuda`` when available, else ``cpu``."""
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
 def load_encoder_from_args(args: argparse.Namespace, name: str | None = None):
     """Build the encoder described by :func:`add_encoder_arguments` options (``name`` overrides ``--encoder``)."""
     import torch
 
     from irepa.encoders import load_encoder
+    from irepa.utils.device import resolve_device
 
     return load_encoder(
         name or args.encoder,
@@ -277,6 +269,7 @@ def run(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from irepa.analysis.report_card import encoder_report
     from irepa.cli.analyze import measure_inputs, read_relation
+    from irepa.utils.device import resolve_device
 
     folder, options, probe = measure_inputs(args)
     relation = read_relation(args.relation) if args.relation is not None else None

@@ -59,8 +59,8 @@ def run(args: argparse.Namespace) -> int:
     """Extract features; prints a one-line summary."""
     import torch
 
-    from irepa.data.images import list_images
     from irepa.encoders.features import extract_features
+    from irepa.utils.images import list_images
 
     if args.out.suffix != ".safetensors":
         raise IrepaError(f"--out {str(args.out)!r} must end in .safetensors")

@@ -6,6 +6,7 @@ Examples::
     irepa train --preset sit-xl2-irepa --dry-run --processes 8          # print the resolved config and batch split
     torchrun --nproc_per_node 8 -m irepa train --preset sit-xl2-irepa   # 8 GPUs
     irepa train --config my.yaml optim.lr=2e-4 train.max_steps=100000   # file + overrides
+    irepa train --help-config align                                     # every align.* key: type, default, meaning
 
 Config precedence: defaults < preset (``--preset`` or ``preset:`` in the file) < ``--config`` file < ``key=value``.
 Re-running the same command resumes from the run directory's newest checkpoint.
@@ -30,6 +31,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = (
         "config precedence: defaults < preset < --config file < key=value overrides\n"
+        "config keys: --help-config lists all of them (or of one section: --help-config optim)\n"
         "multi-GPU: torchrun --nproc_per_node N -m irepa train ...   (or: accelerate launch --multi_gpu -m irepa ...)\n"
         "resume: rerun the same command (same --run-dir); see docs/training.md"
     )
@@ -59,6 +61,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="with --dry-run: number of processes to split the global batch over (default: $WORLD_SIZE or 1)",
     )
     parser.add_argument("--list-presets", action="store_true", help="list the shipped presets and exit")
+    parser.add_argument(
+        "--help-config",
+        nargs="?",
+        const="",
+        metavar="SECTION",
+        help="list every config key (type, default, meaning), or those of one section (model, align, optim, ...), "
+        "and exit",
+    )
 
 
 def _world_size_from_env() -> int | None:
@@ -89,11 +99,53 @@ def _preset_line(name: str, config: TrainConfig) -> str:
     )
 
 
+def _config_help(section: str) -> str:
+    """The ``--help-config`` text: per section its keys with type, default and docstring."""
+    import dataclasses
+    import textwrap
+
+    import yaml
+
+    from irepa.config import describe
+    from irepa.training.config import TrainConfig
+    from irepa.training.objectives import OBJECTIVES
+
+    fields = []
+    for field in describe(TrainConfig):
+        if field.key != "objective.settings":
+            fields.append(field)
+            continue
+        # The objective's settings are flat keys of the section, one dataclass per registered objective.
+        for name, objective in OBJECTIVES.items():
+            fields += [
+                dataclasses.replace(f, doc=f"(objective {name}) {f.doc}".strip(), section_doc=field.section_doc)
+                for f in describe(objective.Settings, "objective.")
+            ]
+    sections = list(dict.fromkeys(f.key.split(".")[0] for f in fields if "." in f.key))
+    if section and section not in sections:
+        raise IrepaError(f"--help-config: unknown section {section!r}; sections: {', '.join(sections)}")
+    lines, current = [], None
+    for field in fields:
+        where = field.key.split(".")[0] if "." in field.key else ""
+        if section and where != section:
+            continue
+        if where != current:
+            current = where
+            lines += ["" if lines else None, f"{where or 'top level'}: {field.section_doc}"]
+        default = yaml.safe_dump(field.default, default_flow_style=True, width=10**6).removesuffix("...\n").strip()
+        lines.append(f"  {field.key} ({field.type}, default {default})")
+        lines += textwrap.wrap(field.doc, 116, initial_indent="      ", subsequent_indent="      ")
+    return "\n".join(line for line in lines if line is not None)
+
+
 def run(args: argparse.Namespace) -> int:
     """Resolve the config, then dry-run or train; returns the exit status."""
     from irepa.training.config import resolve_config
     from irepa.training.presets import list_presets
 
+    if args.help_config is not None:
+        print(_config_help(args.help_config))
+        return 0
     if args.list_presets:
         for name in list_presets():
             print(_preset_line(name, resolve_config(preset=name)))

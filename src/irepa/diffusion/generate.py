@@ -289,6 +289,7 @@ def generate(
     null_label: int | None,
     decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
     device: torch.device | str = "cpu",
+    noise_scale: float = 1.0,
 ) -> Generated:
     """Generate the samples with global indices ``indices`` (see the module docstring for the steps).
 
@@ -302,6 +303,8 @@ def generate(
         null_label: The model's null class (needed when ``cfg_scale > 1``).
         decode: ``samples (B, C, h, w) -> images (B, 3, H, W)`` in [-1, 1] (latent space); ``None`` = pixel space.
         device: Where the model runs.
+        noise_scale: Standard deviation of the noise at t = 1 (the snapshot's ``diffusion.noise_scale``; JiT trains
+            with ``x_t = (1 − t) x0 + t s ε``, s = 2 at 512 px): the sampler starts from ``s · ε``.
 
     Returns:
         :class:`Generated` (uint8 images on the CPU and the finite mask).
@@ -310,6 +313,8 @@ def generate(
     options = {"heun_guidance_time": settings.heun_guidance_time} if settings.sampler == "heun" else {}
     gens = sample_generators(list(indices), settings.seed)
     noise = draw_noise((len(gens), *shape), gens, device=device)  # each sample's generator: noise first
+    if noise_scale != 1.0:
+        noise = noise * noise_scale
     result = sampler(
         velocity_fn,
         path,
@@ -437,4 +442,5 @@ class SnapshotSampler:
             null_label=self.null_label,
             decode=self.decode,
             device=self.device,
+            noise_scale=float(self.diffusion.get("noise_scale", 1.0)),
         )

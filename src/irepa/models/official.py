@@ -49,7 +49,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from irepa.errors import IrepaError
+from irepa.errors import IrepaError, first_line
 from irepa.models.base import MODELS
 from irepa.models.io import load_state_dict_checked, state_dict_mismatch
 from irepa.models.jit import JIT_SIZES
@@ -114,12 +114,7 @@ def read_checkpoint_file(path: str | Path) -> Any:
             f"checkpoint {str(path)!r} is corrupt or not a torch checkpoint: {describe_load_error(exc)}"
         ) from exc
     except Exception as exc:  # truncated zips, bad magic numbers, ...: many exception types
-        raise IrepaError(f"checkpoint {str(path)!r} is truncated or corrupt: {_first_line(exc)}") from exc
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
+        raise IrepaError(f"checkpoint {str(path)!r} is truncated or corrupt: {first_line(exc, max_chars=200)}") from exc
 
 
 def _is_state_dict(obj: Any) -> bool:

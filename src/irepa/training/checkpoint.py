@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from irepa.errors import IrepaError
+from irepa.errors import IrepaError, first_line
 from irepa.utils.io import sha256_file
 from irepa.utils.state_dict import state_dict_mismatch
 
@@ -338,8 +338,7 @@ class CheckpointManager:
                 else:
                     texts[name] = file.read_text()
             except Exception as exc:  # a parse failure of a hash-verified file: a foreign or unsafe file
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise CheckpointError(f"{folder.name}: cannot read {name}: {first}") from exc
+                raise CheckpointError(f"{folder.name}: cannot read {name}: {first_line(exc)}") from exc
         return LoadedCheckpoint(step, folder, tensors, objects, texts, dict(manifest.get("meta", {})))
 
     def load_latest(self, *, warn: Callable[[str], None] | None = None) -> LoadedCheckpoint | None:

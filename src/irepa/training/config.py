@@ -68,8 +68,9 @@ class DiffusionConfig:
     time_sampler_kwargs: dict[str, float] = dataclasses.field(default_factory=dict)
     """Parameters of the time sampler (e.g. ``{mean: 0.0, std: 1.0}`` for ``lognormal``)."""
     label_dropout: float = 0.1
-    """Probability of replacing the class label by the null class (classifier-free guidance). 0.1 in SiT/REPA/
-    iREPA; unlike the official code, this value really controls the rate (prior-implementations §13 item 7)."""
+    """Probability of replacing the class label by the null class (classifier-free guidance). 0.1 in
+    SiT/REPA/iREPA; unlike the official code, this value really controls the rate (prior-implementations §13 item
+    7)."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.label_dropout < 1.0:
@@ -189,8 +190,11 @@ class OptimConfig:
     lr: float = 1e-4
     """Learning rate (constant after warmup)."""
     betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW's moment decay rates (β1, β2)."""
     weight_decay: float = 0.0
+    """AdamW's decoupled weight decay (0 in SiT/REPA/iREPA)."""
     eps: float = 1e-8
+    """AdamW's denominator stabilizer."""
     warmup_steps: int = 0
     """Linear learning-rate warmup from 0 over this many steps (0 in SiT/REPA/iREPA)."""
     grad_clip: float | None = 1.0
@@ -278,7 +282,9 @@ class LoggingConfig:
     wandb: bool = False
     """Weights & Biases (needs the ``wandb`` package)."""
     wandb_project: str = "irepa"
+    """W&B project of the run (with ``wandb: true``)."""
     wandb_entity: str | None = None
+    """W&B entity (user or team); ``null`` = W&B's default."""
 
 
 #: A run name is one path component inside ``runs/`` (like checkpoint part names): no separators, no ``..``.
@@ -330,23 +336,20 @@ class TrainConfig:
 
 
 def _model_depth(model: ModelConfig) -> int:
-    """Number of blocks of the configured model, from the registry (built on the ``meta`` device: no memory).
+    """Number of blocks of the configured model, from the registry's argument check (no model is built).
 
     Raises:
         ConfigError: An unknown model name (with close matches) or ``model.overrides`` the model does not accept.
     """
-    import torch
-
     from irepa.errors import IrepaError
-    from irepa.models import MODELS, build_model
+    from irepa.models import MODELS
 
     try:
-        MODELS.canonical(model.name)
+        factory = MODELS.get(model.name)
     except IrepaError as exc:
         raise ConfigError(f"model.name: {exc}") from exc
     try:
-        with torch.device("meta"):
-            return int(build_model(model.name, **model.overrides).depth)
+        return int(factory.arguments(**model.overrides)["depth"])
     except IrepaError as exc:
         raise ConfigError(f"model.overrides: {exc}") from exc
 

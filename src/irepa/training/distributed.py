@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import torch
 
-from irepa.errors import ConfigError, IrepaError
+from irepa.errors import ConfigError, IrepaError, first_line
+from irepa.utils.device import resolve_device
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -95,9 +96,7 @@ def make_accelerator(
     """
     from accelerate import Accelerator, DistributedDataParallelKwargs
 
-    if device == "cuda" and not torch.cuda.is_available():
-        raise IrepaError("train.device=cuda but no CUDA device is visible; use train.device=cpu or auto")
-    use_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    use_cpu = resolve_device(device, option="train.device").type == "cpu"
     try:
         accelerator = Accelerator(
             cpu=use_cpu,
@@ -106,9 +105,8 @@ def make_accelerator(
         )
     except ValueError as exc:
         # accelerate validates the launcher's environment (e.g. WORLD_SIZE=2 without MASTER_ADDR) with ValueError.
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise IrepaError(
-            f"cannot set up the distributed processes: {first}; start multi-process runs with torchrun or "
+            f"cannot set up the distributed processes: {first_line(exc)}; start multi-process runs with torchrun or "
             "'accelerate launch' (they set MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE; see docs/training.md)"
         ) from exc
     if expected_world_size is not None and expected_world_size != accelerator.num_processes:

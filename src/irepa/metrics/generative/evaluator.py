@@ -92,7 +92,7 @@ class ImageSource:
         self._files: list[Path] | None = None
         self.resolution = resolution
         if self.path.is_dir():
-            from irepa.data.images import list_images, load_image
+            from irepa.utils.images import list_images, load_image
 
             self._files = list_images(self.path)
             total = len(self._files)
@@ -125,7 +125,7 @@ class ImageSource:
             for batch in self._reader.iter_batches(batch_size, self.count):
                 yield torch.from_numpy(batch).permute(0, 3, 1, 2)
         else:
-            from irepa.data.images import iter_image_batches
+            from irepa.utils.images import iter_image_batches
 
             files = self._files[: self.count]
             for batch, _ in iter_image_batches(files, batch_size, size=self.resolution, crop="adm", on_error="fail"):

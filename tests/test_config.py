@@ -60,6 +60,12 @@ def test_precedence_defaults_preset_file_cli(tmp_path):
         ("optim.betas=[0.9]", r"config key 'optim.betas' expects 2 values"),
         ("optim=3", r"config key 'optim' expects Optim"),
         ("optim.lr=-1", r"optim.lr must be positive"),
+        ("optim.lr=inf", r"config key 'optim.lr' must be a finite number, got 'inf'"),
+        ("optim.lr=nan", r"config key 'optim.lr' must be a finite number, got 'nan'"),
+        ("optim.lr=.inf", r"config key 'optim.lr' must be a finite number, got inf"),
+        ("optim.clip=-inf", r"config key 'optim.clip' must be a finite number"),
+        ("optim.betas=[0.9, nan]", r"config key 'optim.betas\[1\]' must be a finite number"),
+        ("coeffs=[1, .nan]", r"config key 'coeffs\[1\]' must be a finite number"),
     ],
 )
 def test_bad_keys_and_types_name_the_key(override, message):

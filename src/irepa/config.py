@@ -37,6 +37,7 @@ import dataclasses
 import difflib
 import inspect
 import itertools
+import math
 import textwrap
 import types
 import typing
@@ -291,6 +292,10 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+class _NonFiniteError(ConfigError):
+    """A float setting given as inf or nan."""
+
+
 def _coerce(tp: Any, value: Any, key: str) -> Any:
     """Check ``value`` against annotation ``tp`` and convert it (strings → numbers, dicts → dataclasses)."""
     origin = typing.get_origin(tp)
@@ -310,6 +315,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
                 continue
             try:
                 return _coerce(arg, value, key)
+            except _NonFiniteError:
+                raise  # the value has the right type; say what is wrong with it
             except ConfigError as exc:
                 errors.append(exc)
         fail()
@@ -345,14 +352,20 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool):
             fail()
+        number: float | None = None
         if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 fail()
-        fail()
+        if number is None:
+            fail()
+        if not math.isfinite(number):
+            # inf/nan pass every `<`/`>` range check of __post_init__ (nan compares false) and poison a run.
+            raise _NonFiniteError(f"config key {key!r} must be a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value

@@ -312,3 +312,24 @@ def test_diverged_processes_are_detected_before_writing(tmp_path, pixel_store, p
     with pytest.raises(IrepaError, match="2 processes hold different weights at step 0: they are not synchronized"):
         trainer.save_checkpoint()
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_resume_with_another_process_count_logs_the_rng_warning(tmp_path, pixel_store, pixel_overrides):
+    """The 'written by N processes, RNG re-seeded' warning reaches the log (it was appended after the flush)."""
+    from irepa.utils.io import sha256_file
+
+    run_dir = tmp_path / "run"
+    fit(run_dir, pixel_overrides(pixel_store, "train.max_steps=4"))
+    folder = run_dir / "checkpoints" / "step-0000004"
+    state = torch.load(folder / "trainer.pt", weights_only=True)
+    state["rng"] = state["rng"] * 2  # as if written by 2 processes
+    torch.save(state, folder / "trainer.pt")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["files"]["trainer.pt"] = {
+        "bytes": (folder / "trainer.pt").stat().st_size,
+        "sha256": sha256_file(folder / "trainer.pt"),
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    _, result = fit(run_dir, pixel_overrides(pixel_store, "train.max_steps=6"))
+    assert result.step == 6
+    assert "written by 2 process(es), this run has 1" in (run_dir / "log.txt").read_text()

@@ -14,12 +14,16 @@ This module also holds the encoder options shared by every command that loads an
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from irepa.errors import IrepaError
+
+if TYPE_CHECKING:
+    from irepa.encoders import WeightLocations
 
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -78,14 +82,28 @@ def add_location_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def environment_locations(
+    *, cache_dir: Path | None = None, hf_cache_dir: Path | None = None, offline: bool = False
+) -> WeightLocations:
+    """The weight locations of this process: explicit values, else the environment variables of the module docstring.
+
+    Every command that loads an encoder (``train``'s teacher included) resolves its locations here, so weights that
+    ``irepa encoders download`` put in the cache are found by all of them.
+    """
+    from irepa.encoders import WeightLocations
+
+    return WeightLocations(
+        cache_dir=cache_dir or default_cache_dir(),
+        hf_cache_dir=hf_cache_dir or default_hf_cache_dir(),
+        torch_hub_dir=default_torch_hub_dir(),
+        offline=bool(offline) or env_offline(),
+    )
+
+
 def weight_locations(args: argparse.Namespace) -> dict[str, Any]:
     """Map CLI arguments and environment variables to ``load_encoder`` location keyword arguments."""
-    return {
-        "cache_dir": args.cache_dir or default_cache_dir(),
-        "hf_cache_dir": args.hf_cache_dir or default_hf_cache_dir(),
-        "torch_hub_dir": default_torch_hub_dir(),
-        "offline": bool(args.offline) or env_offline(),
-    }
+    loc = environment_locations(cache_dir=args.cache_dir, hf_cache_dir=args.hf_cache_dir, offline=args.offline)
+    return dataclasses.asdict(loc)
 
 
 def add_encoder_arguments(
@@ -284,13 +302,9 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _locations(args: argparse.Namespace):
-    from irepa.encoders import WeightLocations
-
-    loc = weight_locations(args)
-    return WeightLocations(
-        cache_dir=loc["cache_dir"], hf_cache_dir=loc["hf_cache_dir"], torch_hub_dir=loc["torch_hub_dir"], offline=True
-    )
+def _locations(args: argparse.Namespace) -> WeightLocations:
+    loc = environment_locations(cache_dir=args.cache_dir, hf_cache_dir=args.hf_cache_dir)
+    return dataclasses.replace(loc, offline=True)
 
 
 def _rows(args: argparse.Namespace) -> list[dict[str, Any]]:

@@ -18,8 +18,12 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from irepa.errors import IrepaError
+
+if TYPE_CHECKING:
+    from irepa.training.config import TrainConfig
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -77,6 +81,24 @@ def _world_size_from_env() -> int | None:
         raise IrepaError(f"environment variable WORLD_SIZE={value!r} is not an integer") from exc
 
 
+def _preset_line(name: str, config: TrainConfig) -> str:
+    """One ``--list-presets`` line, from the preset's resolved config (so defaults are shown as they apply)."""
+    align = config.align
+    if not align.encoders:
+        method = "no alignment"
+    else:
+        projector = f"conv {align.kernel_size}x{align.kernel_size}" if align.projector == "conv" else align.projector
+        norm = f"{align.target_norm} (γ {align.gamma})" if align.target_norm == "spatial" else align.target_norm
+        method = (
+            f"{', '.join(align.encoders)}, {projector} projector, λ {align.weight}, target norm {norm}, "
+            f"depth {align.depth}"
+        )
+    objective = config.objective.name
+    return f"{name:<28} {config.model.name:<10} {objective + ', ' if objective != 'denoising' else ''}{method}; " + (
+        config.train.precision
+    )
+
+
 def _config_help(section: str) -> str:
     """The ``--help-config`` text: per section its keys with type, default and docstring."""
     import dataclasses
@@ -119,23 +141,14 @@ def _config_help(section: str) -> str:
 def run(args: argparse.Namespace) -> int:
     """Resolve the config, then dry-run or train; returns the exit status."""
     from irepa.training.config import resolve_config
-    from irepa.training.presets import list_presets, load_preset
+    from irepa.training.presets import list_presets
 
     if args.help_config is not None:
         print(_config_help(args.help_config))
         return 0
     if args.list_presets:
         for name in list_presets():
-            layer = load_preset(name)
-            model = layer.get("model", {}).get("name", "?")
-            align = layer.get("align", {})
-            method = (
-                "no alignment"
-                if not align.get("encoders")
-                else f"{align.get('projector', 'mlp')} projector, λ {align.get('weight', 0.5)}, "
-                f"target norm {align.get('target_norm', 'none')}, depth {align.get('depth', 8)}"
-            )
-            print(f"{name:<28} {model:<10} {method}")
+            print(_preset_line(name, resolve_config(preset=name)))
         return 0
     config = resolve_config(preset=args.preset, config_file=args.config, overrides=args.overrides)
     run_dir = args.run_dir or Path("runs") / (config.name or "default")
@@ -149,9 +162,10 @@ def run(args: argparse.Namespace) -> int:
     if args.processes is not None:
         raise IrepaError("--processes only applies to --dry-run; the launcher (torchrun) sets the process count")
 
+    from irepa.cli.encoders import environment_locations
     from irepa.training.trainer import Trainer
 
-    trainer = Trainer(config, run_dir, expected_world_size=env_world)
+    trainer = Trainer(config, run_dir, expected_world_size=env_world, weight_locations=environment_locations())
     result = trainer.fit()
     if trainer.is_main:
         if result.status == "interrupted":

@@ -34,7 +34,7 @@ import torch
 
 from irepa.encoders.spec import EncoderSpec
 from irepa.errors import IrepaError, WeightsNotFoundError, first_line
-from irepa.utils.io import atomic_write, sha256_file, write_json
+from irepa.utils.io import atomic_write, describe_load_error, sha256_file, write_json
 
 __all__ = [
     "ResolvedWeights",
@@ -525,7 +525,7 @@ def read_state_dict(path: str | Path) -> dict[str, Any]:
         raise
     except Exception as exc:  # pickle errors, truncated files, header errors
         raise IrepaError(
-            f"cannot read weights {str(path)!r} safely: {first_line(exc)}; if it pickles Python objects, "
+            f"cannot read weights {str(path)!r} safely: {describe_load_error(exc)}; if it pickles Python objects, "
             "re-save its tensors with torch.save(state_dict) or as .safetensors"
         ) from exc
     if not isinstance(obj, Mapping):

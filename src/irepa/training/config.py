@@ -16,6 +16,7 @@ images, after ``optim.grad_accumulation`` micro-steps).
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -36,6 +37,7 @@ __all__ = [
     "TrainConfig",
     "TrainLoopConfig",
     "check_resume_compatible",
+    "check_run_dir",
     "config_diff",
     "resolve_config",
 ]
@@ -138,9 +140,12 @@ class TeacherConfig:
     weights: dict[str, str] = dataclasses.field(default_factory=dict)
     """Explicit weights file or folder per encoder id (``{dinov2-vit-b: /ckpt/dinov2_vitb14.safetensors}``)."""
     cache_dir: str | None = None
-    """Weights cache folder (``null`` = the libraries' default caches)."""
+    """irepa cache root (``<cache_dir>/encoders/<id>/``); ``null`` = the one every command uses: ``$IREPA_CACHE``,
+    else ``~/.cache/irepa`` (where ``irepa encoders download`` puts weights), plus the Hugging Face and torch hub
+    caches."""
     offline: bool = False
-    """Never download: missing weights are an error naming what was looked for."""
+    """Never download: missing weights are an error naming what was looked for (also ``HF_HUB_OFFLINE=1`` or
+    ``IREPA_OFFLINE=1``)."""
     pretrained: bool = True
     """``false`` builds randomly initialized encoders: only for tests and smoke runs (targets are meaningless)."""
     arch_overrides: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
@@ -282,12 +287,17 @@ class LoggingConfig:
     """W&B entity (user or team); ``null`` = W&B's default."""
 
 
+#: A run name is one path component inside ``runs/`` (like checkpoint part names): no separators, no ``..``.
+_RUN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """A complete, resolved training run configuration."""
 
     name: str = ""
-    """Run name (the preset's name by default; shown in logs and W&B)."""
+    """Run name (the preset's name by default; shown in logs and W&B); the default run directory is
+    ``runs/<name>``, so it is one plain folder name (letters, digits, ``_``, ``-``, ``.``)."""
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     objective: ObjectiveConfig = dataclasses.field(default_factory=ObjectiveConfig)
     diffusion: DiffusionConfig = dataclasses.field(default_factory=DiffusionConfig)
@@ -299,6 +309,11 @@ class TrainConfig:
     logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
 
     def __post_init__(self) -> None:
+        if self.name and not _RUN_NAME.match(self.name):
+            raise ConfigError(
+                f"name {self.name!r} is not a plain folder name (letters, digits, '_', '-', '.', not starting with "
+                "'.'): it names the default run directory runs/NAME; use e.g. name=my-run (or pass --run-dir DIR)"
+            )
         if self.data.space == "latent" and not self.data.latents:
             raise ConfigError("data.space=latent needs a latent store: set data.latents=PATH (see docs/data.md)")
         if self.data.space == "pixel" and not self.data.images:
@@ -385,6 +400,23 @@ def config_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, tup
 def is_resumable_key(key: str) -> bool:
     """Whether dotted config ``key`` may change when resuming (see :data:`RESUMABLE_KEYS`)."""
     return any(key == k or key.startswith(k + ".") for k in RESUMABLE_KEYS)
+
+
+def check_run_dir(run_dir: str | Path) -> None:
+    """Refuse a run directory path that exists but is not a folder (or lies below a file).
+
+    Raises:
+        ConfigError: Naming the path and the fix.
+    """
+    path = Path(run_dir)
+    for parent in (path, *path.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(
+                    f"run directory {str(path)!r}: {str(parent)!r} is a file, not a folder; pass --run-dir with a "
+                    "new or existing run folder"
+                )
+            return
 
 
 def _with_defaults(old: Mapping[str, Any]) -> dict[str, Any]:

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from irepa.data.images import list_images
 from irepa.encoders import load_encoder
 from irepa.encoders.features import extract_features
+from irepa.utils.images import list_images
 
 # (encoder id, resolution, batch size) on CPU; full-size models with random weights.
 CPU_CASES = [

@@ -71,3 +71,29 @@ def run_cli_subprocess(tmp_path):
         return CLIResult(proc.returncode, proc.stdout, proc.stderr)
 
     return run
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """``small_filesystem(kib) -> Path``: a real size-limited file system (tmpfs) for out-of-disk tests.
+
+    Needs root (``mount -t tmpfs``); skipped with the reason where mounting is not permitted. Unmounted afterwards.
+    """
+    mounted: list[Path] = []
+
+    def make(kib: int) -> Path:
+        if not sys.platform.startswith("linux") or os.geteuid() != 0:
+            pytest.skip("a real size-limited file system needs root on Linux (mount -t tmpfs)")
+        target = tmp_path / f"fs{len(mounted)}"
+        target.mkdir()
+        proc = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", str(target)], capture_output=True, text=True
+        )
+        if proc.returncode != 0:
+            pytest.skip(f"mounting a tmpfs is not permitted here: {proc.stderr.strip() or proc.returncode}")
+        mounted.append(target)
+        return target
+
+    yield make
+    for target in mounted:
+        subprocess.run(["umount", "-l", str(target)], capture_output=True)

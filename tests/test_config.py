@@ -60,6 +60,12 @@ def test_precedence_defaults_preset_file_cli(tmp_path):
         ("optim.betas=[0.9]", r"config key 'optim.betas' expects 2 values"),
         ("optim=3", r"config key 'optim' expects Optim"),
         ("optim.lr=-1", r"optim.lr must be positive"),
+        ("optim.lr=inf", r"config key 'optim.lr' must be a finite number, got 'inf'"),
+        ("optim.lr=nan", r"config key 'optim.lr' must be a finite number, got 'nan'"),
+        ("optim.lr=.inf", r"config key 'optim.lr' must be a finite number, got inf"),
+        ("optim.clip=-inf", r"config key 'optim.clip' must be a finite number"),
+        ("optim.betas=[0.9, nan]", r"config key 'optim.betas\[1\]' must be a finite number"),
+        ("coeffs=[1, .nan]", r"config key 'coeffs\[1\]' must be a finite number"),
     ],
 )
 def test_bad_keys_and_types_name_the_key(override, message):
@@ -99,3 +105,36 @@ def test_read_yaml_errors(tmp_path):
     lst.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="must hold a mapping"):
         read_yaml(lst)
+
+
+@dataclass(frozen=True)
+class _Inner:
+    """The inner section.
+
+    More text.
+    """
+
+    rate: float | None = 0.5
+    """A rate,
+    on two lines."""
+    names: list[str] = field(default_factory=lambda: ["a"])
+
+
+@dataclass(frozen=True)
+class _Outer:
+    """Top."""
+
+    steps: tuple[int, int] = (1, 2)
+    """Steps."""
+    inner: _Inner = field(default_factory=_Inner)
+
+
+def test_describe_reads_attribute_docstrings_types_and_defaults():
+    from irepa.config import describe
+
+    docs = describe(_Outer)
+    assert [(d.key, d.type, d.default, d.doc, d.section_doc) for d in docs] == [
+        ("steps", "tuple[int, int]", [1, 2], "Steps.", "Top."),
+        ("inner.rate", "float | null", 0.5, "A rate, on two lines.", "The inner section."),
+        ("inner.names", "list[str]", ["a"], "", "The inner section."),
+    ]

@@ -32,8 +32,13 @@ Example:
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
+import inspect
+import itertools
+import math
+import textwrap
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -42,13 +47,15 @@ from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
-from irepa.errors import ConfigError
+from irepa.errors import ConfigError, first_line
 
 C = TypeVar("C")
 
 __all__ = [
     "ConfigError",
+    "FieldDoc",
     "build",
+    "describe",
     "dump_yaml",
     "from_dict",
     "merge",
@@ -118,7 +125,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {first_line(exc)}") from exc
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -198,18 +205,95 @@ def replace(obj: C, overrides: Sequence[str] | Mapping[str, Any]) -> C:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# Self-description (``irepa train --help-config``)
+
+
+@dataclasses.dataclass(frozen=True)
+class FieldDoc:
+    """One leaf key of a config tree.
+
+    Attributes:
+        key: Dotted name (``optim.lr``), as written in config files and ``key=value`` overrides.
+        type: The annotation, written like the config errors write it (``float | null``, ``list[str]``).
+        default: The default as a plain YAML/JSON-safe value.
+        doc: The field's attribute docstring on one line (empty when it has none).
+        section_doc: The first line of the docstring of the dataclass holding the field.
+    """
+
+    key: str
+    type: str
+    default: Any
+    doc: str
+    section_doc: str
+
+
+def describe(cls: type, prefix: str = "") -> list[FieldDoc]:
+    """Every leaf key of config dataclass ``cls`` in declaration order, nested dataclasses expanded.
+
+    The descriptions are the attribute docstrings (a string literal right below a field), read from the source.
+    """
+    hints = typing.get_type_hints(cls)
+    docs = _attribute_docs(cls)
+    section_doc = (inspect.getdoc(cls) or "").split("\n", 1)[0]
+    out: list[FieldDoc] = []
+    for field in dataclasses.fields(cls):
+        if not field.init:
+            continue
+        tp = hints[field.name]
+        if dataclasses.is_dataclass(tp):
+            out += describe(tp, f"{prefix}{field.name}.")
+            continue
+        if field.default is not dataclasses.MISSING:
+            default = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            default = field.default_factory()
+        else:
+            default = None
+        out.append(
+            FieldDoc(prefix + field.name, _type_name(tp), to_dict(default), docs.get(field.name, ""), section_doc)
+        )
+    return out
+
+
+def _attribute_docs(cls: type) -> dict[str, str]:
+    """Field name → the string literal that follows the field in the class body, whitespace collapsed."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = next(node for node in tree.body if isinstance(node, ast.ClassDef)).body
+    docs = {}
+    for node, after in itertools.pairwise(body):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+            and isinstance(after.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(inspect.cleandoc(after.value.value).split())
+    return docs
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # Type coercion
 
 
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
     if origin is Literal:
-        return " | ".join(repr(a) for a in typing.get_args(tp))
+        return " | ".join(repr(a) for a in args)
     if origin in (Union, types.UnionType):
-        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+        return " | ".join(_type_name(a) for a in args)
     if tp is type(None):
         return "null"
+    if tp is Any:
+        return "Any"
+    if origin is not None and args:  # list[str], tuple[float, float], dict[str, Any]
+        return f"{origin.__name__}[{', '.join('...' if a is Ellipsis else _type_name(a) for a in args)}]"
     return getattr(tp, "__name__", str(tp))
+
+
+class _NonFiniteError(ConfigError):
+    """A float setting given as inf or nan."""
 
 
 def _coerce(tp: Any, value: Any, key: str) -> Any:
@@ -231,6 +315,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
                 continue
             try:
                 return _coerce(arg, value, key)
+            except _NonFiniteError:
+                raise  # the value has the right type; say what is wrong with it
             except ConfigError as exc:
                 errors.append(exc)
         fail()
@@ -266,14 +352,20 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool):
             fail()
+        number: float | None = None
         if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 fail()
-        fail()
+        if number is None:
+            fail()
+        if not math.isfinite(number):
+            # inf/nan pass every `<`/`>` range check of __post_init__ (nan compares false) and poison a run.
+            raise _NonFiniteError(f"config key {key!r} must be a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value

@@ -28,3 +28,18 @@ class WeightsNotFoundError(IrepaError, FileNotFoundError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+def first_line(exc: BaseException, *, max_chars: int | None = None) -> str:
+    """The first non-empty line of ``str(exc)`` (or the exception's type name when it has no message).
+
+    Third-party exceptions often carry multi-line messages (tracebacks of a worker, long key lists); an
+    :class:`IrepaError` that wraps one quotes just this line so that it stays one line.
+
+    Args:
+        exc: The exception to quote.
+        max_chars: Cut the line to this many characters (None: no limit).
+    """
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line if max_chars is None else line[:max_chars]

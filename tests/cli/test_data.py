@@ -192,3 +192,16 @@ def test_prepare_synthetic(run_cli, tmp_path):
     assert store.has_field("masks") and store.num_classes == 4 and store.manifest["source"]["seed"] == 1
     res = run_cli("data", "info", tmp_path / "s")
     assert res.code == 0 and "masks bool [16, 16]" in res.out
+
+
+def test_make_vae_writes_a_loadable_tiny_random_vae(run_cli, tmp_path):
+    from irepa.data.vae import load_vae
+
+    out = tmp_path / "vae"
+    res = run_cli("data", "make-vae", out, "--seed", "3")
+    assert res.code == 0 and f"written to {out}" in res.out, res
+    vae = load_vae(str(out))
+    assert vae is not None and (out / "config.json").is_file()
+    res = run_cli("data", "make-vae", out)
+    assert res.code == 2 and "--force" in res.err
+    assert run_cli("data", "make-vae", out, "--force").code == 0

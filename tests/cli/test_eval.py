@@ -186,3 +186,12 @@ def test_eval_fd_with_a_zoo_encoder(run_cli, tmp_path):
     assert result["metrics"]["fd"] > 0 and result["metrics"]["cmmd"] is None
     res = run_cli("eval", "fd", tmp_path / "s.npz", "--ref", tmp_path / "r.npz", "--feature-space", "encoder:dinov9")
     assert res.code == 2 and "unknown encoder" in res.err
+
+
+def test_nan_reference_covariance_fails_fast_in_a_real_process(run_cli_subprocess, tmp_path, weights):
+    """A NaN covariance used to hang `irepa eval` forever inside scipy's sqrtm; now one line, exit 2."""
+    np.savez(tmp_path / "s.npz", images(4))
+    np.savez(tmp_path / "r.npz", mu=np.zeros(4), sigma=np.full((4, 4), np.nan))
+    res = run_cli_subprocess("eval", "s.npz", "--ref", "r.npz", "--inception-weights", weights, timeout=120)
+    assert res.code == 2 and "'r.npz' mu/sigma: the covariance holds 16 non-finite" in res.err, res
+    assert len(res.err.strip().splitlines()) == 1

@@ -70,3 +70,36 @@ def test_extract_subprocess_end_to_end(run_cli_subprocess, tmp_path):
     assert read_features(out).tensor("patch_tokens").shape == (2, 4, 768)
     res = run_cli_subprocess("features", "extract", "--encoder", "pixel", "--images", images, "--out", out, "--force")
     assert res.code == 2 and "did you mean 'pixels'" in res.err and "Traceback" not in res.err
+
+
+def test_corrupt_or_pickled_weights_are_one_line_errors(run_cli, tmp_path):
+    """timm-loaded encoders (SAM 2) and remapped ones (MoCo v3) alike: no traceback for a bad --weights file."""
+    import os
+
+    import torch
+
+    class Payload:  # what a malicious checkpoint pickles; weights_only=True refuses it without running it
+        def __reduce__(self):
+            return (os.system, ("echo this must never run",))
+
+    images = image_folder(tmp_path / "images", classes=1, per_class=2)
+    (tmp_path / "corrupt.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00" + b'{"a": 1}' + b"x" * 8)
+    torch.save({"model": {"w": torch.zeros(2)}, "payload": Payload()}, tmp_path / "payload.pth")
+    cases = [
+        ("sam2-vit-s", "corrupt.safetensors", "invalid JSON in header"),
+        ("sam2-vit-s", "payload.pth", "it pickles the Python object 'posix.system', which irepa refuses"),
+        ("mocov3-vit-s", "payload.pth", "it pickles the Python object 'posix.system', which irepa refuses"),
+    ]
+    for encoder, weights, message in cases:
+        res = run_cli("features", "extract", "--encoder", encoder, "--weights", tmp_path / weights, "--images", images,
+                      "--out", tmp_path / "f.safetensors", "--resolution", "32", "--device", "cpu")  # fmt: skip
+        assert res.code == 2 and message in res.err, (encoder, weights, res)
+        assert len(res.err.strip().splitlines()) == 1 and "will likely succeed" not in res.err
+
+
+def test_no_progress_bar_frames_in_a_non_terminal_log(run_cli_subprocess, tmp_path):
+    images = image_folder(tmp_path / "images", classes=1, per_class=2)
+    res = run_cli_subprocess("features", "extract", "--encoder", "hog", "--resolution", "48", "--images", images,
+                             "--out", tmp_path / "f.safetensors", timeout=600)  # fmt: skip
+    assert res.code == 0, res
+    assert "\r" not in res.err and "img/s" not in res.err and "features hog" not in res.err, res.err

@@ -1,3 +1,5 @@
+import pytest
+
 from irepa.cli.main import COMMANDS, SPIN_COUNT, cpu_thread_policy
 
 
@@ -63,3 +65,27 @@ def test_the_entry_point_sets_the_spin_count_before_torch_loads(tmp_path):
     out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == [SPIN_COUNT, "False"]
+
+
+@pytest.mark.parametrize(
+    "args", [["encoders", "list"], ["encoders", "info", "dinov2-vit-b"], ["train", "--preset", "debug", "--dry-run"]]
+)
+def test_output_piped_into_a_closed_reader_is_not_a_traceback(args):
+    """`irepa encoders list | head -1`: the reader leaves early; the command ends quietly with status 0."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[2] / "src"
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody reads: the first write raises BrokenPipeError
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "irepa", *args], stdout=write_end, stderr=subprocess.PIPE, text=True, env=env,
+            timeout=600,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr

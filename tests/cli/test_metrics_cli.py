@@ -149,3 +149,25 @@ def test_real_process(run_cli_subprocess, tmp_path):
     assert res.code == 0, res
     assert res.out.splitlines()[0].split() == ["source", "images", "grid", "lds", "cds", "rmsc"]
     assert (tmp_path / "o" / "spatial_metrics.csv").exists()
+
+
+def test_a_folder_given_as_token_file_says_so(run_cli, tmp_path):
+    (tmp_path / "images" / "c").mkdir(parents=True)
+    res = run_cli("metrics", "spatial", tmp_path / "images")
+    assert res.code == 2 and "is a folder, not a token file" in res.err and "--images DIR" in res.err, res
+    assert "does not exist" not in res.err
+
+
+def test_grid_too_small_for_the_default_distances_names_the_flag(run_cli, tmp_path):
+    """HOG at 64 px gives a 4x4 grid (largest distance 6): CDS's default dmax 8 cannot fit; say what to set."""
+    from PIL import Image
+
+    (tmp_path / "images" / "c").mkdir(parents=True)
+    for i in range(2):
+        pixels = np.random.default_rng(i).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(tmp_path / "images" / "c" / f"{i}.png")
+    res = run_cli("metrics", "spatial", "--encoder", "hog", "--resolution", "64", "--images", tmp_path / "images")
+    assert res.code == 2 and "set dmax (--dmax) to at most 6" in res.err, res
+    res = run_cli("metrics", "spatial", "--encoder", "hog", "--resolution", "64", "--images", tmp_path / "images",
+                  "--dmax", "6")  # fmt: skip
+    assert res.code == 0, res

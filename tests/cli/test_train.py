@@ -12,7 +12,59 @@ def test_help_and_list_presets(run_cli):
     assert res.code == 0 and "--dry-run" in res.out and "torchrun --nproc_per_node" in res.out
     res = run_cli("train", "--list-presets")
     assert res.code == 0
-    assert "sit-xl2-irepa-official-1x1" in res.out and "conv projector, λ 1.0, target norm spatial, depth 8" in res.out
+    assert "sit-xl2-irepa-official-1x1" in res.out
+    assert "conv 3x3 projector, λ 1.0, target norm spatial (γ 0.6), depth 8; bf16" in res.out
+
+
+def test_list_presets_lines_come_from_the_resolved_config(run_cli):
+    lines = {line.split()[0]: line.split(None, 1)[1] for line in run_cli("train", "--list-presets").out.splitlines()}
+    assert "conv 1x1 projector" in lines["sit-xl2-irepa-official-1x1"] and lines["sit-xl2-irepa-official-1x1"].endswith(
+        "fp16"
+    )
+    assert "conv 3x3 projector" in lines["sit-xl2-irepa"]
+    assert len(set(lines.values())) == len(lines)  # no two presets print the same line
+    assert "mlp projector, λ 0.5, target norm none" in lines["sit-b2-repa"]
+
+
+def _config_leaves(cls, prefix=""):
+    """Dotted leaf keys of a config dataclass tree (independent of irepa.config.describe)."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[field.name]):
+            yield from _config_leaves(hints[field.name], f"{prefix}{field.name}.")
+        else:
+            yield prefix + field.name
+
+
+def test_help_config_lists_every_key_with_type_default_and_doc(run_cli):
+    from irepa.training.config import TrainConfig
+    from irepa.training.objectives import OBJECTIVES
+
+    res = run_cli("train", "--help-config")
+    assert res.code == 0, res
+    lines = res.out.splitlines()
+    listed = [line.split()[0] for line in lines if line.startswith("  ") and not line.startswith("   ")]
+    # objective.settings stands for the objectives' own flat keys (objective.<field> of each objective's Settings).
+    settings = [f"objective.{key}" for _, obj in OBJECTIVES.items() for key in _config_leaves(obj.Settings)]
+    expected = list(_config_leaves(TrainConfig))
+    at = expected.index("objective.settings")
+    assert listed == [*expected[:at], *settings, *expected[at + 1 :]]
+    for i, line in enumerate(lines):
+        if line.startswith("  ") and not line.startswith("   "):
+            assert lines[i + 1].startswith("      ") and lines[i + 1].strip(), f"{line.split()[0]} has no description"
+    assert "  train.max_steps (int, default 400000)" in lines
+    assert "      Optimizer steps to train for (may be raised when resuming)." in lines
+    assert "  align.decay_end (int | null, default null)" in lines and "  optim.betas (tuple[float, float]" in res.out
+    assert "train: The loop, precision, EMA, intervals and fault handling" in res.out
+
+    res = run_cli("train", "--help-config", "align")
+    keys = [line.split()[0] for line in res.out.splitlines() if line.startswith("  ") and not line.startswith("   ")]
+    assert res.code == 0 and keys == [k for k in _config_leaves(TrainConfig) if k.startswith("align.")]
+    res = run_cli("train", "--help-config", "optimizer")
+    assert res.code == 2 and "unknown section 'optimizer'; sections: model, " in res.err and " optim, " in res.err
 
 
 def test_dry_run_prints_config_and_batch_split(run_cli, tmp_path):
@@ -40,6 +92,11 @@ def test_batch_not_divisible_is_a_clear_error(run_cli, tmp_path):
         (["--preset", "sit-b2-repa", "optim.lr"], "not of the form key=value"),
         (["--preset", "sit-b2-repa", "optim.betas=0.9"], "expects 2 values"),
         (["--config", "missing.yaml"], "cannot read config file 'missing.yaml'"),
+        (["--preset", "sit-b2-repa", "name=../../x"], "name '../../x' is not a plain folder name"),
+        (["--preset", "sit-b2-repa", "name=/tmp/x"], "name '/tmp/x' is not a plain folder name"),
+        (["--preset", "sit-b2-repa", "name=.."], "name '..' is not a plain folder name"),
+        (["--preset", "sit-b2-repa", "optim.lr=inf"], "config key 'optim.lr' must be a finite number, got 'inf'"),
+        (["--preset", "sit-b2-repa", "optim.lr=nan"], "config key 'optim.lr' must be a finite number, got 'nan'"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(run_cli, args, message):
@@ -51,61 +108,6 @@ def test_bad_input_exits_2_with_one_line(run_cli, args, message):
 def test_missing_data_store_is_a_clear_error(run_cli, tmp_path):
     res = run_cli("train", "--preset", "ci", f"data.images={tmp_path}/nope", "--run-dir", tmp_path / "run")
     assert res.code == 2 and "is not a data store (no manifest.json there)" in res.err
-
-
-@pytest.fixture(scope="module")
-def ci_stores(tmp_path_factory):
-    """A 32-image synthetic store at 64 px and its latents from a tiny random VAE, made with the real CLI."""
-    from irepa.cli.main import main
-    from irepa.data.vae import save_random_vae
-
-    root = tmp_path_factory.mktemp("ci")
-    vae = save_random_vae(root / "vae")
-    assert (
-        main(
-            [
-                "data",
-                "prepare",
-                "--synthetic",
-                "32",
-                "--num-classes",
-                "4",
-                "--resolution",
-                "64",
-                "--out",
-                str(root / "images"),
-                "--quiet",
-            ]
-        )
-        == 0
-    )
-    assert (
-        main(
-            [
-                "data",
-                "encode",
-                "--store",
-                str(root / "images"),
-                "--vae",
-                str(vae),
-                "--out",
-                str(root / "latents"),
-                "--batch-size",
-                "16",
-                "--quiet",
-            ]
-        )
-        == 0
-    )
-    return [f"data.images={root / 'images'}", f"data.latents={root / 'latents'}"]
-
-
-@pytest.fixture(scope="module")
-def ci_vae(ci_stores):
-    """The tiny random VAE folder the CI latents were encoded with (written by ``ci_stores``)."""
-    from pathlib import Path
-
-    return Path(ci_stores[0].split("=", 1)[1]).parent / "vae"
 
 
 def test_ci_preset_end_to_end_then_resume_then_sample(run_cli, tmp_path, ci_stores, ci_vae):
@@ -172,6 +174,62 @@ def test_changed_config_on_resume_is_refused(run_cli, tmp_path, ci_stores):
     assert run_cli("train", "--preset", "ci", *ci_stores, "train.max_steps=2", "--run-dir", run_dir).code == 0
     res = run_cli("train", "--preset", "ci", *ci_stores, "align.weight=0.5", "--run-dir", run_dir)
     assert res.code == 2 and "align.weight: 1.0 -> 0.5" in res.err and "use a new run directory" in res.err
+
+
+def test_teacher_weights_are_looked_for_in_the_irepa_cache(run_cli, tmp_path, ci_stores, monkeypatch):
+    """The trainer's teacher looks where `irepa encoders download` puts weights ($IREPA_CACHE/encoders/ID/)."""
+    import yaml
+
+    from irepa.training.presets import load_preset
+
+    layer = load_preset("ci")
+    layer["align"]["encoders"] = ["mocov3-vit-s"]  # hosted at a URL: only the irepa cache can hold it offline
+    layer["teacher"] = {"offline": True}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(layer))
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("IREPA_CACHE", str(cache))
+    res = run_cli("train", "--config", tmp_path / "c.yaml", *ci_stores, "--run-dir", tmp_path / "r")
+    assert res.code == 2 and f"irepa cache {cache / 'encoders' / 'mocov3-vit-s'}" in res.err, res
+
+    # A (corrupt) file where the download command would have put it is found and read: one-line error naming it.
+    folder = cache / "encoders" / "mocov3-vit-s"
+    folder.mkdir(parents=True)
+    (folder / "vit-s-300ep.pth.tar").write_bytes(b"not a checkpoint")
+    res = run_cli("train", "--config", tmp_path / "c.yaml", *ci_stores, "--run-dir", tmp_path / "r2")
+    assert res.code == 2 and str(folder / "vit-s-300ep.pth.tar") in res.err, res
+    assert len(res.err.strip().splitlines()) == 1
+
+
+def test_run_dir_that_is_a_file_is_a_one_line_error(run_cli, tmp_path, ci_stores):
+    (tmp_path / "afile").write_text("x")
+    for extra in (["--dry-run"], []):
+        for run_dir in (tmp_path / "afile", tmp_path / "afile" / "below"):
+            res = run_cli("train", "--preset", "ci", *ci_stores, "--run-dir", run_dir, *extra)
+            assert res.code == 2 and f"{str(tmp_path / 'afile')!r} is a file, not a folder" in res.err, res
+            assert len(res.err.strip().splitlines()) == 1
+
+
+def test_world_size_without_master_addr_is_a_one_line_error(run_cli_subprocess, tmp_path):
+    env = {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "", "MASTER_PORT": ""}
+    res = run_cli_subprocess("train", "--preset", "debug", "--run-dir", tmp_path / "r", env=env, timeout=120)
+    assert res.code == 2 and "cannot set up the distributed processes" in res.err and "MASTER_ADDR" in res.err, res
+    assert "Traceback" not in res.err and len(res.err.strip().splitlines()) == 1
+
+
+def test_interrupted_data_prepare_is_named_an_incomplete_store(run_cli, tmp_path, ci_stores):
+    """What a killed `irepa data prepare` leaves (build.json + shards, no manifest) is resumable, not 'no store'."""
+    import shutil
+    from pathlib import Path
+
+    images = Path(ci_stores[0].split("=", 1)[1])
+    partial = tmp_path / "partial"
+    shutil.copytree(images, partial)
+    manifest = json.loads((partial / "manifest.json").read_text())
+    (partial / "manifest.json").unlink()
+    (partial / "build.json").write_text(json.dumps(manifest["build"]))
+    res = run_cli("train", "--preset", "ci", f"data.images={partial}", ci_stores[1], "--run-dir", tmp_path / "r")
+    assert res.code == 2 and "is an incomplete data store (1 shard(s) written, no manifest.json)" in res.err, res
+    assert "re-run that command with the same arguments" in res.err and "create it" not in res.err
 
 
 def test_ci_jit_preset_trains_resumes_exactly_and_samples(run_cli, tmp_path, ci_stores):

@@ -1,8 +1,12 @@
 """Every shipped preset loads, validates, and builds (big models on the meta device)."""
 
+from pathlib import Path
+
 import pytest
 import torch
+import yaml
 
+from irepa.config import read_yaml
 from irepa.training.config import resolve_config
 from irepa.training.presets import list_presets, load_preset, preset_path
 
@@ -20,6 +24,18 @@ PAPER = {
 PARAMS_M = {"SiT-B/2": 130.3, "SiT-L/2": 457.8, "SiT-XL/2": 674.8}
 
 
+#: Each preset's config layer as it was before the presets inherited from each other, written out in full.
+RECORDED = yaml.safe_load((Path(__file__).parent / "preset_layers.yaml").read_text())
+#: The recipes' lineage: each paper preset's ``preset:`` parent.
+LINEAGE = {
+    "sit-xl2-irepa": None,
+    "sit-l2-irepa": "sit-xl2-irepa",
+    "sit-b2-irepa": "sit-xl2-irepa",
+    "sit-xl2-irepa-official-1x1": "sit-xl2-irepa",
+    "sit-xl2-repa": "sit-xl2-irepa",
+    "sit-l2-repa": "sit-xl2-repa",
+    "sit-b2-repa": "sit-xl2-repa",
+}
 MEANFLOW = {
     # name: (model, align depth or None, projector, target norm, omega, kappa, guidance interval)
     "meanflow-b2-none": ("SiT-B/2", None, None, None, 1.0, 0.5, (0.0, 1.0)),
@@ -62,6 +78,20 @@ def test_preset_validates_and_cites_sources(name):
     text = preset_path(name).read_text()
     assert text.startswith("#"), "each preset starts with a header comment citing its sources"
     assert "preset" not in load_preset(name)
+
+
+def test_every_preset_has_a_recorded_recipe():
+    assert set(RECORDED) == set(list_presets()), "record a new preset's layer in tests/configs/preset_layers.yaml"
+
+
+@pytest.mark.parametrize("name", sorted(RECORDED))
+def test_preset_resolves_to_its_recorded_recipe(name):
+    # The whole resolved config, field by field, through the same dataclass defaults.
+    assert resolve_config(preset=name) == resolve_config(overrides=RECORDED[name])
+
+
+def test_paper_presets_inherit_along_their_lineage():
+    assert {name: read_yaml(preset_path(name)).get("preset") for name in PAPER} == LINEAGE
 
 
 @pytest.mark.parametrize("name", sorted(PAPER))

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from irepa.data.images import center_crop_adm
 from irepa.data.prepare import prepare_folder_store, prepare_synthetic_store
 from irepa.data.store import open_store
 from irepa.errors import IrepaError
+from irepa.utils.images import center_crop_adm
 
 
 def make_folder(root, per_class=4, classes=("cat", "dog"), seed=0):

@@ -5,10 +5,10 @@ import pytest
 import torch
 from PIL import Image
 
-from irepa.data.images import class_label_map, list_images, load_image
 from irepa.data.synthetic import SHAPES, class_names, generate, write_folder
 from irepa.errors import IrepaError
 from irepa.metrics.spatial import masks_to_patches, srss_mask_filter
+from irepa.utils.images import class_label_map, list_images, load_image
 
 
 def _digest(batch) -> str:

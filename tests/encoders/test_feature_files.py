@@ -8,10 +8,10 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from irepa.data.images import list_images
 from irepa.encoders import load_encoder
 from irepa.encoders.features import SafetensorsStreamWriter, extract_features, read_features
 from irepa.errors import IrepaError
+from irepa.utils.images import list_images
 
 
 def write_image_folder(root, classes=2, per_class=3, size=48, seed=0):
@@ -68,7 +68,7 @@ def test_extract_features_matches_direct_encoding(tmp_path):
     info = features.metadata["encoder_info"]
     assert info["encoder"] == "pixels" and info["grid"] == [2, 2] and features.metadata["skipped"] == 1
     # Same tokens as encoding the (resized) images directly.
-    from irepa.data.images import load_image
+    from irepa.utils.images import load_image
 
     direct = torch.stack(
         [

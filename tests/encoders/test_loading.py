@@ -199,3 +199,13 @@ def test_packaged_asset_resolves_inside_the_package():
 
     path = _package_asset_path("teacher.safetensors")
     assert path.parts[-3:] == ("irepa", "assets", "teacher.safetensors")
+
+
+def test_every_backend_named_by_a_spec_is_registered():
+    from typing import get_args
+
+    from irepa.encoders.load import BACKENDS
+    from irepa.encoders.spec import Backend
+
+    assert sorted(BACKENDS.list()) == sorted(get_args(Backend))
+    assert {spec.backend for _, spec in ENCODERS.items()} <= set(BACKENDS.list())

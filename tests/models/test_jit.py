@@ -209,3 +209,18 @@ def test_initialization_and_training_step_on_cpu():
     loss = (model(x, torch.rand(2), torch.tensor([1, 10])).out - x).pow(2).mean()  # zero-init output: x̂ = 0
     loss.backward()
     assert model.final_layer.linear.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ["SiT-S/2", "SiT-XL/2", "JiT-B/16", "JiT-H/32"])
+def test_registry_arguments_check_without_building(name):
+    """``factory.arguments`` (config validation) gives the built model's config and refuses what it refuses."""
+    factory = MODELS.get(name)
+    with torch.device("meta"):
+        model = factory(depth=12)
+    expected = {k: tuple(v) if isinstance(v, list) else v for k, v in model.config.items()}
+    assert {k: v for k, v in factory.arguments(depth=12).items() if k in expected} == expected
+    for bad in ({"depth": 0}, {"hidden_size": 100}, {"dpeth": 2}):
+        with pytest.raises(IrepaError):
+            factory.arguments(**bad)
+        with pytest.raises(IrepaError), torch.device("meta"):
+            factory(**bad)

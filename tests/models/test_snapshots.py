@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 import torch
@@ -144,3 +145,27 @@ def test_state_dict_mismatch_lists_missing_unexpected_and_shapes():
     text = state_dict_mismatch(expected, found)
     assert text == "missing keys b; unexpected keys d; shape mismatches (found vs expected) c (5,) vs (4,)"
     assert state_dict_mismatch({"a": (2,)}, {"a": torch.zeros(2)}) is None
+
+
+@pytest.mark.parametrize(
+    ("entry", "value", "message"),
+    [
+        ("space", {"kind": "voxels"}, "'space' must be a mapping with kind 'latent' or 'pixel'"),
+        ("space", "latent", "'space' must be a mapping with kind 'latent' or 'pixel'"),
+        ("space", {"kind": "latent"}, "a latent-space snapshot needs space.vae"),
+        ("diffusion", {"path": 3}, "'diffusion' must be a mapping with a 'path' name"),
+    ],
+)
+def test_hand_edited_header_sections_are_one_line_errors(tmp_path, entry, value, message):
+    """A header `space` sampling cannot use used to surface as an AttributeError deep inside `irepa sample`."""
+    model = random_model()
+    path = tmp_path / "edited.safetensors"
+    save_inference(path, model, model_name="SiT-S/2", model_kwargs=model.config, metadata=META)
+    header = read_safetensors_metadata(path)
+    header[entry] = json.dumps(value)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path), metadata=header)
+    named = r"inference snapshot '.*edited\.safetensors': (snapshot metadata|a latent-space)"
+    with pytest.raises(IrepaError, match=named):
+        read_inference_metadata(path)
+    with pytest.raises(IrepaError, match=re.escape(message)):
+        load_inference(path)

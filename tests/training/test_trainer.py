@@ -334,3 +334,24 @@ def test_previews_sample_the_ema_model_through_the_generation_loop(tmp_path, pix
     labels = sample_labels(4, 4, "balanced", 0)
     images = sampler.generate(range(4), labels, SamplingSettings(sampler="euler", steps=50, cfg_scale=4.0)).images
     assert np.array_equal(grid[:32, :32], images[0].permute(1, 2, 0).numpy())
+
+
+def test_resume_with_another_process_count_logs_the_rng_warning(tmp_path, pixel_store, pixel_overrides):
+    """The 'written by N processes, RNG re-seeded' warning reaches the log (it was appended after the flush)."""
+    from irepa.utils.io import sha256_file
+
+    run_dir = tmp_path / "run"
+    fit(run_dir, pixel_overrides(pixel_store, "train.max_steps=4"))
+    folder = run_dir / "checkpoints" / "step-0000004"
+    state = torch.load(folder / "trainer.pt", weights_only=True)
+    state["rng"] = state["rng"] * 2  # as if written by 2 processes
+    torch.save(state, folder / "trainer.pt")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["files"]["trainer.pt"] = {
+        "bytes": (folder / "trainer.pt").stat().st_size,
+        "sha256": sha256_file(folder / "trainer.pt"),
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    _, result = fit(run_dir, pixel_overrides(pixel_store, "train.max_steps=6"))
+    assert result.step == 6
+    assert "written by 2 process(es), this run has 1" in (run_dir / "log.txt").read_text()

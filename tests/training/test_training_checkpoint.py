@@ -145,3 +145,42 @@ def test_check_state_dict_names_mismatches():
     msg = str(info.value)
     assert "missing keys 1.bias" in msg and "unexpected keys extra.weight" in msg
     assert "0.weight (5, 3) vs (4, 3)" in msg and "\n" not in msg
+
+
+def _fill(fs, leave_bytes):
+    """Fill file system ``fs`` until about ``leave_bytes`` remain."""
+    import shutil
+
+    free = shutil.disk_usage(fs).free
+    (fs / "filler").write_bytes(b"\0" * max(free - leave_bytes, 0))
+
+
+@pytest.mark.parametrize("part", ["tensors", "objects"])
+def test_real_full_disk_is_a_checkpoint_error_and_keeps_the_previous_one(small_filesystem, part):
+    """On a real full tmpfs, safetensors (SafetensorError) and torch.save (RuntimeError) failures: CheckpointError."""
+    fs = small_filesystem(1024)
+    mgr = CheckpointManager(fs / "checkpoints", keep_last=1)
+    _save(mgr, 1)
+    _fill(fs, 64 * 1024)
+    big = {"w": torch.zeros(64 * 1024)}  # 256 KiB: does not fit in the 64 KiB left
+    state = _state(2)
+    if part == "tensors":
+        state["tensors"] = {"model": big}
+    else:
+        state["objects"] = {"trainer": {"big": big["w"]}}
+    with pytest.raises(CheckpointError, match=r"could not write checkpoint .*step-0000002 .*MiB free") as info:
+        mgr.save(2, **state)
+    assert "step-0000001 is intact" in str(info.value)
+    assert mgr.steps() == [1] and not [p for p in mgr.directory.iterdir() if p.name.startswith(".tmp-")]
+    assert mgr.load_latest().step == 1
+
+
+def test_checkpoint_files_have_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    path = _save(CheckpointManager(tmp_path), 1)
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in path.iterdir()}
+    assert set(modes.values()) == {0o666 & ~umask}, modes

@@ -68,6 +68,18 @@ def test_validation_messages(overrides, message):
         resolve_config(preset="sit-b2-repa", overrides=overrides)
 
 
+def test_validation_builds_no_model(monkeypatch):
+    from irepa.models.sit import SiT
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("config validation built a model")
+
+    monkeypatch.setattr(SiT, "__init__", refuse)
+    assert resolve_config(preset="sit-xl2-irepa").align.depth == 8
+    with pytest.raises(ConfigError, match=r"model\.overrides: SiT hidden_size 100 must be divisible by num_heads=12"):
+        resolve_config(preset="sit-b2-repa", overrides=["model.overrides={hidden_size: 100}"])
+
+
 def test_tiny_override_depth_is_checked():
     base = ["model.overrides={depth: 2, hidden_size: 64, num_heads: 2}"]
     assert resolve_config(preset="sit-b2-repa", overrides=[*base, "align.depth=2"]).align.depth == 2

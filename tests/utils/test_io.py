@@ -80,3 +80,26 @@ def test_save_safetensors_is_byte_deterministic(tmp_path):
     loaded = load_tensor_file(tmp_path / "t.safetensors")
     assert set(loaded) == set(tensors) and all(torch.equal(loaded[k], tensors[k]) for k in tensors)
     assert read_safetensors_metadata(tmp_path / "t.safetensors") == {"format": "FORMAT", "encoder": "ENCODER", "z": "Z"}
+
+
+def test_describe_load_error_names_the_refused_global_instead_of_torchs_advice(tmp_path):
+    import argparse
+    import os
+
+    from irepa.utils.io import describe_load_error, refused_global
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("echo this must never run",))
+
+    torch.save({"w": torch.zeros(1), "p": Payload()}, tmp_path / "blocked.pt")  # torch: "unsupported GLOBAL ..."
+    torch.save({"w": torch.zeros(1), "a": argparse.Namespace(x=1)}, tmp_path / "class.pt")  # "Unsupported global: ..."
+    for name, expected in (("blocked.pt", "posix.system"), ("class.pt", "argparse.Namespace")):
+        with pytest.raises(Exception) as info:
+            torch.load(tmp_path / name, weights_only=True)
+        assert refused_global(info.value) == expected
+        text = describe_load_error(info.value)
+        assert expected in text and "weights_only" not in text and "\n" not in text
+    assert describe_load_error(ValueError("first\nsecond")) == "first"
+    with pytest.raises(IrepaError, match=r"it pickles the Python object 'posix\.system'"):
+        load_tensor_file(tmp_path / "blocked.pt")

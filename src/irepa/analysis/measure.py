@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from irepa.errors import IrepaError
+from irepa.utils.device import resolve_device
 
 __all__ = [
     "REPORT_CSV",
@@ -205,7 +206,7 @@ def measure_tokens(
     options = options or SpatialOptions()
     if not sources:
         raise IrepaError("no token sources to measure")
-    device = _device(device)
+    device = resolve_device(device)
     prepared: dict[str, torch.Tensor] = {}
     source_masks: dict[str, torch.Tensor] = {}
     kept: dict[str, int] = {}
@@ -266,16 +267,6 @@ def _patch_masks(masks: torch.Tensor, grid: tuple[int, int], name: str) -> torch
             raise IrepaError("patch masks must be boolean or 0/1 (True/1 = foreground)")
         values = values != 0
     return values
-
-
-def _device(device: str | torch.device) -> torch.device:
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise IrepaError(f"device {device!r} is not a torch device (cpu, cuda, cuda:0, ...): {exc}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise IrepaError(f"device {device!r} requested but CUDA is not available; use --device cpu")
-    return dev
 
 
 def write_report(report: SpatialReport, out_dir: str | Path) -> list[Path]:
@@ -487,7 +478,7 @@ def measure_encoders(
             labels = torch.tensor([index[str(images.labels[key])] for key in keys])
             inputs["classes"] = names
         elif images.labels:
-            from irepa.data.images import class_label_map
+            from irepa.utils.images import class_label_map
 
             classes = class_label_map(keys)
             labels = torch.tensor([classes[key.split("/", 1)[0]] for key in keys])
@@ -560,7 +551,7 @@ def _image_batches(
             stop = min(images.shape[0], start + batch_size)
             yield images[start:stop], [f"{i:0{width}d}" for i in range(start, stop)]
         return
-    from irepa.data.images import ReadStats, iter_image_batches, list_images
+    from irepa.utils.images import ReadStats, iter_image_batches, list_images
 
     if images.masks is not None and not Path(images.masks).is_dir():
         raise IrepaError(f"mask folder {str(images.masks)!r} does not exist or is not a folder")
@@ -634,7 +625,7 @@ def read_mask(root: Path, key: str, size: int, crop: str) -> torch.Tensor:
     import numpy as np
     from PIL import Image
 
-    from irepa.data.images import IMAGE_EXTENSIONS, center_crop_adm
+    from irepa.utils.images import IMAGE_EXTENSIONS, center_crop_adm
 
     root = Path(root)
     candidates = [root / f"{key}{ext}" for ext in IMAGE_EXTENSIONS]

@@ -208,7 +208,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_cls_mixing(args: argparse.Namespace) -> int:
     from irepa.analysis.cls_mixing import cls_mixing_sweep, write_sweep
-    from irepa.cli.encoders import load_encoder_from_args, resolve_device
+    from irepa.cli.encoders import load_encoder_from_args
+    from irepa.utils.device import resolve_device
 
     folder, options, probe = measure_inputs(args)
     encoder = load_encoder_from_args(args, args.encoder)

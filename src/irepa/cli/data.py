@@ -6,6 +6,7 @@ Examples::
     irepa data prepare --synthetic 10000 --num-classes 10 --resolution 32 --out stores/synth32
     torchrun --nproc_per_node 8 -m irepa data encode --store stores/in256 --out stores/in256-sdvae --flip
     irepa data info stores/in256-sdvae --verify
+    irepa data make-vae vaes/tiny-random          # a tiny random VAE for the ci preset (smoke tests only)
 
 This is the only data layer that reads the environment: ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` (set by torchrun or
 ``accelerate launch``) and ``HF_HUB_OFFLINE``; everything below takes explicit arguments.
@@ -17,6 +18,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 
 def _cpu_count() -> int:
@@ -111,6 +113,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     _add_common(e)
 
+    v = sub.add_parser(
+        "make-vae",
+        help="write a tiny randomly initialised VAE folder (for the ci preset and smoke tests; not for real data)",
+        description="Write a tiny random AutoencoderKL (1.0M parameters, 4 latent channels, downsampling 8) with "
+        "save_pretrained, to pass to 'irepa data encode --vae DIR' and 'irepa sample --vae-weights DIR'. Its latents "
+        "are meaningless: it exercises the machinery (the ci preset), it does not encode images usefully.",
+    )
+    v.add_argument("out", metavar="OUT", type=Path, help="folder to write (config.json + safetensors weights)")
+    v.add_argument("--seed", type=int, default=0, help="seed of the random initialisation (default 0)")
+    v.add_argument("--force", action="store_true", help="overwrite an existing folder's files")
+
     i = sub.add_parser("info", help="summarize a store's manifest; --verify re-hashes every shard")
     i.add_argument("store", metavar="STORE", help="store directory")
     i.add_argument("--verify", action="store_true", help="re-hash every shard file against the manifest")
@@ -129,7 +142,21 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Dispatch to the subcommand."""
-    return {"prepare": _prepare, "encode": _encode, "info": _info}[args.data_command](args)
+    return {"prepare": _prepare, "encode": _encode, "make-vae": _make_vae, "info": _info}[args.data_command](args)
+
+
+def _make_vae(args: argparse.Namespace) -> int:
+    from irepa.data.vae import save_random_vae
+    from irepa.errors import IrepaError
+
+    out: Path = args.out
+    if out.exists() and not out.is_dir():
+        raise IrepaError(f"{str(out)!r} is a file; pass a folder for the VAE")
+    if out.is_dir() and any(out.iterdir()) and not args.force:
+        raise IrepaError(f"{str(out)!r} is not empty; pass --force to overwrite, or choose a new folder")
+    save_random_vae(out, seed=args.seed)
+    print(f"tiny random VAE (seed {args.seed}) written to {out}; use it with: irepa data encode --vae {out} ...")
+    return 0
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -178,17 +205,15 @@ def _env_int(name: str, default: int) -> int:
 
 
 def _encode(args: argparse.Namespace) -> int:
-    import torch
 
     from irepa.data.encode import encode_latent_store, finalize_latent_store
     from irepa.data.store import open_store
     from irepa.data.vae import load_vae
+    from irepa.utils.device import resolve_device
 
     rank, world_size = _env_int("RANK", 0), _env_int("WORLD_SIZE", 1)
     local_rank = _env_int("LOCAL_RANK", 0)
-    device = args.device
-    if device == "auto":
-        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(args.device, local_rank=local_rank)
     offline = args.offline or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
     images = open_store(args.store, kind="images")
     vae = load_vae(

@@ -14,12 +14,16 @@ This module also holds the encoder options shared by every command that loads an
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from irepa.errors import IrepaError
+
+if TYPE_CHECKING:
+    from irepa.encoders import WeightLocations
 
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -78,14 +82,28 @@ def add_location_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def environment_locations(
+    *, cache_dir: Path | None = None, hf_cache_dir: Path | None = None, offline: bool = False
+) -> WeightLocations:
+    """The weight locations of this process: explicit values, else the environment variables of the module docstring.
+
+    Every command that loads an encoder (``train``'s teacher included) resolves its locations here, so weights that
+    ``irepa encoders download`` put in the cache are found by all of them.
+    """
+    from irepa.encoders import WeightLocations
+
+    return WeightLocations(
+        cache_dir=cache_dir or default_cache_dir(),
+        hf_cache_dir=hf_cache_dir or default_hf_cache_dir(),
+        torch_hub_dir=default_torch_hub_dir(),
+        offline=bool(offline) or env_offline(),
+    )
+
+
 def weight_locations(args: argparse.Namespace) -> dict[str, Any]:
     """Map CLI arguments and environment variables to ``load_encoder`` location keyword arguments."""
-    return {
-        "cache_dir": args.cache_dir or default_cache_dir(),
-        "hf_cache_dir": args.hf_cache_dir or default_hf_cache_dir(),
-        "torch_hub_dir": default_torch_hub_dir(),
-        "offline": bool(args.offline) or env_offline(),
-    }
+    loc = environment_locations(cache_dir=args.cache_dir, hf_cache_dir=args.hf_cache_dir, offline=args.offline)
+    return dataclasses.asdict(loc)
 
 
 def add_encoder_arguments(
@@ -155,20 +173,12 @@ def add_encoder_arguments(
     add_location_arguments(parser)
 
 
-def resolve_device(name: str) -> str:
-    """``auto`` → ``cuda`` when available, else ``cpu``."""
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
 def load_encoder_from_args(args: argparse.Namespace, name: str | None = None):
     """Build the encoder described by :func:`add_encoder_arguments` options (``name`` overrides ``--encoder``)."""
     import torch
 
     from irepa.encoders import load_encoder
+    from irepa.utils.device import resolve_device
 
     return load_encoder(
         name or args.encoder,
@@ -259,6 +269,7 @@ def run(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from irepa.analysis.report_card import encoder_report
     from irepa.cli.analyze import measure_inputs, read_relation
+    from irepa.utils.device import resolve_device
 
     folder, options, probe = measure_inputs(args)
     relation = read_relation(args.relation) if args.relation is not None else None
@@ -291,13 +302,9 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _locations(args: argparse.Namespace):
-    from irepa.encoders import WeightLocations
-
-    loc = weight_locations(args)
-    return WeightLocations(
-        cache_dir=loc["cache_dir"], hf_cache_dir=loc["hf_cache_dir"], torch_hub_dir=loc["torch_hub_dir"], offline=True
-    )
+def _locations(args: argparse.Namespace) -> WeightLocations:
+    loc = environment_locations(cache_dir=args.cache_dir, hf_cache_dir=args.hf_cache_dir)
+    return dataclasses.replace(loc, offline=True)
 
 
 def _rows(args: argparse.Namespace) -> list[dict[str, Any]]:

@@ -139,14 +139,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def _device(name: str | None) -> str:
-    import torch
-
-    if name:
-        return name
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def _inception(args: argparse.Namespace, device: str):
     """Resolve and load the Inception weights; returns ``(model, sha256, path)``."""
     from irepa.cli.encoders import default_torch_hub_dir
@@ -188,6 +180,7 @@ def run_adm(args: argparse.Namespace) -> int:
         read_reference,
         recipe_card_path,
     )
+    from irepa.utils.device import resolve_device
     from irepa.utils.io import write_json
 
     samples = Path(args.target)
@@ -211,7 +204,7 @@ def run_adm(args: argparse.Namespace) -> int:
     # Check both files before loading the network: bad input fails in a second, not after minutes.
     reference = read_reference(args.ref)
     open_samples(samples, args.num_samples).source.close()
-    device = _device(args.device)
+    device = resolve_device(args.device)
     inception, weights_sha, weights_path = _inception(args, device)
     result = evaluate_adm(
         samples,
@@ -254,6 +247,7 @@ def run_adm(args: argparse.Namespace) -> int:
 def run_ref(args: argparse.Namespace) -> int:
     """``irepa eval ref``: reference statistics (+ a stored image subset) from a folder or an npz."""
     from irepa.metrics.generative.evaluator import ImageSource, build_reference
+    from irepa.utils.device import resolve_device
 
     if args.samples is not None:
         raise IrepaError(f"unexpected argument {args.samples!r}; usage: irepa eval ref --images DIR --out REF.npz")
@@ -269,7 +263,7 @@ def run_ref(args: argparse.Namespace) -> int:
     if args.npz is not None and args.resolution is not None:
         raise IrepaError("--resolution applies to image folders; an npz's images are used as they are")
     source = ImageSource(args.images or args.npz, resolution=args.resolution, limit=args.num_images)
-    device = _device(args.device)
+    device = resolve_device(args.device)
     try:
         inception, weights_sha, _ = _inception(args, device)
         summary = build_reference(
@@ -332,6 +326,7 @@ def run_fd(args: argparse.Namespace) -> int:
     from irepa.metrics.generative.feature_spaces import ClipEmbeddingSpace, compute_features
     from irepa.metrics.generative.scores import cmmd
     from irepa.metrics.generative.stats import FeatureStatistics, frechet_distance
+    from irepa.utils.device import resolve_device
     from irepa.utils.io import sha256_file, write_json
 
     if args.samples is None:
@@ -341,7 +336,7 @@ def run_fd(args: argparse.Namespace) -> int:
     _reject(args, "fd", ("images", "npz", "keep_images", "num_images"))
     _check_positive("--batch-size", args.batch_size)
     samples = Path(args.samples)
-    device = _device(args.device)
+    device = resolve_device(args.device)
     sample_file = open_samples(samples, args.num_samples)
     try:
         space = _feature_space(args, device, resolution=sample_file.image_size[0])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from irepa.cli.encoders import add_encoder_arguments, load_encoder_from_args
@@ -50,7 +51,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default="float32",
         help="dtype of the stored patch tokens (float16 halves the file)",
     )
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar (shown only on a terminal)")
     p.add_argument("--force", action="store_true", help="overwrite an existing output file")
 
 
@@ -58,8 +59,8 @@ def run(args: argparse.Namespace) -> int:
     """Extract features; prints a one-line summary."""
     import torch
 
-    from irepa.data.images import list_images
     from irepa.encoders.features import extract_features
+    from irepa.utils.images import list_images
 
     if args.out.suffix != ".safetensors":
         raise IrepaError(f"--out {str(args.out)!r} must end in .safetensors")
@@ -82,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         strict_mode=args.strict_rgb,
         labels=args.labels,
         save_dtype=getattr(torch, args.save_dtype),
-        progress=not args.no_progress,
+        progress=not args.no_progress and sys.stderr.isatty(),  # no bar frames in logs and pipes
         extra_metadata={"images_root": str(args.images)},
     )
     skipped = f", {result.skipped} unreadable skipped" if result.skipped else ""

@@ -12,6 +12,7 @@ Errors of bad input (:class:`irepa.errors.IrepaError`) are printed as one ``erro
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
@@ -106,6 +107,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"irepa {command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`irepa encoders list | head`): not an error of ours. Point stdout at /dev/null so
+        # the interpreter's final flush does not raise again.
+        _silence_stdout()
+        return 0
+
+
+def _silence_stdout() -> None:
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
 
 
 if __name__ == "__main__":

@@ -219,6 +219,7 @@ def run(args: argparse.Namespace) -> int:
     from irepa.metrics.generative.evaluator import label_balance, recipe_card_path
     from irepa.metrics.generative.npz import IndexedImageWriter
     from irepa.training.distributed import ProcessGroup
+    from irepa.utils.device import resolve_device
     from irepa.utils.io import sha256_file, write_json
 
     if args.batch_size < 1:
@@ -227,10 +228,12 @@ def run(args: argparse.Namespace) -> int:
         raise IrepaError(f"--out {str(args.out)!r} must end in .npz (the ADM sample format)")
     if args.out.exists() and not args.overwrite:
         raise IrepaError(f"{str(args.out)!r} exists; pass --overwrite to replace it")
-    on_cpu = (args.device or "").startswith("cpu") or not torch.cuda.is_available()
-    group = ProcessGroup.start("cpu" if on_cpu else "auto", expected_world_size=_launcher_world_size())
-    # accelerate names the CPU of process r "cpu:r"; tensors and safetensors want plain "cpu".
-    device = args.device or ("cpu" if group.device.type == "cpu" else str(group.device))
+    device = str(resolve_device(args.device, local_rank=None))  # checks --device (CUDA asked for but absent, ...)
+    group = ProcessGroup.start(
+        "cpu" if torch.device(device).type == "cpu" else "auto", expected_world_size=_launcher_world_size()
+    )
+    if args.device is None and group.device.type == "cuda":
+        device = str(group.device)  # one GPU per launched process: cuda:LOCAL_RANK
     started = time.time()
     vae_id: list[str] = []
 

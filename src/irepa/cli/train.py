@@ -6,6 +6,7 @@ Examples::
     irepa train --preset sit-xl2-irepa --dry-run --processes 8          # print the resolved config and batch split
     torchrun --nproc_per_node 8 -m irepa train --preset sit-xl2-irepa   # 8 GPUs
     irepa train --config my.yaml optim.lr=2e-4 train.max_steps=100000   # file + overrides
+    irepa train --help-config align                                     # every align.* key: type, default, meaning
 
 Config precedence: defaults < preset (``--preset`` or ``preset:`` in the file) < ``--config`` file < ``key=value``.
 Re-running the same command resumes from the run directory's newest checkpoint.
@@ -17,8 +18,12 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from irepa.errors import IrepaError
+
+if TYPE_CHECKING:
+    from irepa.training.config import TrainConfig
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -26,6 +31,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = (
         "config precedence: defaults < preset < --config file < key=value overrides\n"
+        "config keys: --help-config lists all of them (or of one section: --help-config optim)\n"
         "multi-GPU: torchrun --nproc_per_node N -m irepa train ...   (or: accelerate launch --multi_gpu -m irepa ...)\n"
         "resume: rerun the same command (same --run-dir); see docs/training.md"
     )
@@ -55,6 +61,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="with --dry-run: number of processes to split the global batch over (default: $WORLD_SIZE or 1)",
     )
     parser.add_argument("--list-presets", action="store_true", help="list the shipped presets and exit")
+    parser.add_argument(
+        "--help-config",
+        nargs="?",
+        const="",
+        metavar="SECTION",
+        help="list every config key (type, default, meaning), or those of one section (model, align, optim, ...), "
+        "and exit",
+    )
 
 
 def _world_size_from_env() -> int | None:
@@ -67,23 +81,74 @@ def _world_size_from_env() -> int | None:
         raise IrepaError(f"environment variable WORLD_SIZE={value!r} is not an integer") from exc
 
 
+def _preset_line(name: str, config: TrainConfig) -> str:
+    """One ``--list-presets`` line, from the preset's resolved config (so defaults are shown as they apply)."""
+    align = config.align
+    if not align.encoders:
+        method = "no alignment"
+    else:
+        projector = f"conv {align.kernel_size}x{align.kernel_size}" if align.projector == "conv" else align.projector
+        norm = f"{align.target_norm} (γ {align.gamma})" if align.target_norm == "spatial" else align.target_norm
+        method = (
+            f"{', '.join(align.encoders)}, {projector} projector, λ {align.weight}, target norm {norm}, "
+            f"depth {align.depth}"
+        )
+    objective = config.objective.name
+    return f"{name:<28} {config.model.name:<10} {objective + ', ' if objective != 'denoising' else ''}{method}; " + (
+        config.train.precision
+    )
+
+
+def _config_help(section: str) -> str:
+    """The ``--help-config`` text: per section its keys with type, default and docstring."""
+    import dataclasses
+    import textwrap
+
+    import yaml
+
+    from irepa.config import describe
+    from irepa.training.config import TrainConfig
+    from irepa.training.objectives import OBJECTIVES
+
+    fields = []
+    for field in describe(TrainConfig):
+        if field.key != "objective.settings":
+            fields.append(field)
+            continue
+        # The objective's settings are flat keys of the section, one dataclass per registered objective.
+        for name, objective in OBJECTIVES.items():
+            fields += [
+                dataclasses.replace(f, doc=f"(objective {name}) {f.doc}".strip(), section_doc=field.section_doc)
+                for f in describe(objective.Settings, "objective.")
+            ]
+    sections = list(dict.fromkeys(f.key.split(".")[0] for f in fields if "." in f.key))
+    if section and section not in sections:
+        raise IrepaError(f"--help-config: unknown section {section!r}; sections: {', '.join(sections)}")
+    lines, current = [], None
+    for field in fields:
+        where = field.key.split(".")[0] if "." in field.key else ""
+        if section and where != section:
+            continue
+        if where != current:
+            current = where
+            lines += ["" if lines else None, f"{where or 'top level'}: {field.section_doc}"]
+        default = yaml.safe_dump(field.default, default_flow_style=True, width=10**6).removesuffix("...\n").strip()
+        lines.append(f"  {field.key} ({field.type}, default {default})")
+        lines += textwrap.wrap(field.doc, 116, initial_indent="      ", subsequent_indent="      ")
+    return "\n".join(line for line in lines if line is not None)
+
+
 def run(args: argparse.Namespace) -> int:
     """Resolve the config, then dry-run or train; returns the exit status."""
     from irepa.training.config import resolve_config
-    from irepa.training.presets import list_presets, load_preset
+    from irepa.training.presets import list_presets
 
+    if args.help_config is not None:
+        print(_config_help(args.help_config))
+        return 0
     if args.list_presets:
         for name in list_presets():
-            layer = load_preset(name)
-            model = layer.get("model", {}).get("name", "?")
-            align = layer.get("align", {})
-            method = (
-                "no alignment"
-                if not align.get("encoders")
-                else f"{align.get('projector', 'mlp')} projector, λ {align.get('weight', 0.5)}, "
-                f"target norm {align.get('target_norm', 'none')}, depth {align.get('depth', 8)}"
-            )
-            print(f"{name:<28} {model:<10} {method}")
+            print(_preset_line(name, resolve_config(preset=name)))
         return 0
     config = resolve_config(preset=args.preset, config_file=args.config, overrides=args.overrides)
     run_dir = args.run_dir or Path("runs") / (config.name or "default")
@@ -97,9 +162,10 @@ def run(args: argparse.Namespace) -> int:
     if args.processes is not None:
         raise IrepaError("--processes only applies to --dry-run; the launcher (torchrun) sets the process count")
 
+    from irepa.cli.encoders import environment_locations
     from irepa.training.trainer import Trainer
 
-    trainer = Trainer(config, run_dir, expected_world_size=env_world)
+    trainer = Trainer(config, run_dir, expected_world_size=env_world, weight_locations=environment_locations())
     result = trainer.fit()
     if trainer.is_main:
         if result.status == "interrupted":

@@ -1,7 +1,7 @@
 """``irepa data prepare``: image folders (ImageNet layout) or synthetic data → a sharded image store.
 
 Folder stores: every image under ``ROOT`` is decoded to RGB, brought to ``resolution`` × ``resolution`` with ADM's
-centre crop (:func:`irepa.data.images.center_crop_adm`, the REPA/iREPA/ADM protocol) and written as uint8
+centre crop (:func:`irepa.utils.images.center_crop_adm`, the REPA/iREPA/ADM protocol) and written as uint8
 ``(N, H, W, 3)`` shards of ``shard_size`` images, keyed by their path relative to ``ROOT`` without extension
 (``n01440764/n01440764_10026``). Class labels come from the first folder level (``ROOT/CLASS/IMAGE``, classes
 sorted by name as in torchvision's ImageFolder); a flat folder gives an unlabelled store (every label 0).
@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from irepa.data.images import ReadStats, class_label_map, image_key, list_images, load_image
 from irepa.data.store import BuildReport, StoreBuild, shard_name, write_shard
 from irepa.errors import IrepaError
+from irepa.utils.images import ReadStats, class_label_map, image_key, list_images, load_image
 
 __all__ = ["prepare_folder_store", "prepare_synthetic_store", "run_tasks"]
 

@@ -19,7 +19,7 @@ atomically and its ``shard-NNNNN.json`` last, so a shard is complete exactly whe
 sizes and SHA-256 hashes match. Re-running the same command skips complete shards, redoes the others, and finally
 writes ``manifest.json`` (replacing ``build.json``). Re-running with different settings is refused.
 
-Records are identified by *keys* (see :mod:`irepa.data.images`); stores are joined by key, never by position.
+Records are identified by *keys* (see :mod:`irepa.utils.images`); stores are joined by key, never by position.
 """
 
 from __future__ import annotations

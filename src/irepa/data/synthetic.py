@@ -316,7 +316,7 @@ def write_folder(
 
     Layout: ``root/images/<class>/<index>.png`` (RGB) and ``root/masks/<class>/<index>.png`` (8-bit, 255 = object),
     where ``<class>`` is ``"{label:02d}_{name}"`` (e.g. ``03_cross``) so that sorting the class folders (as
-    :func:`irepa.data.images.class_label_map` does) gives back the labels, and ``<index>`` is the zero-padded
+    :func:`irepa.utils.images.class_label_map` does) gives back the labels, and ``<index>`` is the zero-padded
     dataset index. The key of an image (``03_cross/000013``) is the same in both folders.
 
     Returns:

@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import torch
 
-from irepa.errors import IrepaError, WeightsNotFoundError
+from irepa.errors import IrepaError, WeightsNotFoundError, first_line
 from irepa.models.vae import VAE_ARCHITECTURES
 from irepa.registry import Registry
 
@@ -302,7 +302,7 @@ def load_vae(
         try:
             model = AutoencoderKL.from_pretrained(str(local), torch_dtype=torch_dtype, local_files_only=True)
         except (OSError, ValueError) as exc:
-            raise WeightsNotFoundError(f"cannot load the VAE from {str(local)!r}: {str(exc).splitlines()[0]}") from exc
+            raise WeightsNotFoundError(f"cannot load the VAE from {str(local)!r}: {first_line(exc)}") from exc
         from irepa.models.vae import read_vae_folder_stats
 
         return VAE(

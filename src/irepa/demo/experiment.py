@@ -34,6 +34,7 @@ import torch
 
 from irepa.demo.settings import DemoSettings, RunSpec
 from irepa.errors import IrepaError
+from irepa.utils.device import resolve_device
 
 __all__ = ["DEMO_FORMAT", "Demo", "DemoInterrupted"]
 
@@ -117,7 +118,7 @@ class Demo:
         Raises:
             DemoInterrupted: A training run was stopped by a signal (re-run to resume).
         """
-        from irepa.demo.report import build_results, write_report
+        from irepa.demo.report import RunRecord, build_results, write_report
 
         start = time.perf_counter()
         s = self.settings
@@ -138,7 +139,22 @@ class Demo:
             phase = _Phase(self.progress, label, 3, "part")
             analysis = self._teacher_analysis()
             phase.update_to(1)
-            results = build_results(self, analysis)
+            records = {
+                spec.name: RunRecord(
+                    metrics=_read_jsonl(self.run_path(spec) / "metrics.jsonl"),
+                    evals=self.read_evals(spec),
+                    grid=str(self.grid_path(spec, s.steps).relative_to(self.run_dir)),
+                )
+                for spec in s.runs
+            }
+            results = build_results(
+                s,
+                runs=records,
+                analysis=analysis,
+                real_fd=self.real_fd(),
+                run_dir=self.run_dir,
+                machine=json.loads((self.run_dir / "demo.json").read_text()).get("machine", {}),
+            )
             phase.update_to(2)
             self._write_timing(time.perf_counter() - start)
             results["timing"] = self._read_timing()
@@ -441,9 +457,13 @@ class Demo:
         return teacher_analysis(teachers, self.settings, self.run_dir / "figures", device=self._torch_device())
 
     def _torch_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+        return resolve_device(self.device)
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 class _NullStream:

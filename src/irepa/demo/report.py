@@ -8,18 +8,27 @@ one seed at toy scale.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from irepa.demo.experiment import Demo
+from irepa.demo.settings import DemoSettings
 
-__all__ = ["RESULTS_FORMAT", "build_results", "fmt", "fmt_fd", "outcome", "study_outcome", "write_report"]
+__all__ = [
+    "RESULTS_FORMAT",
+    "RunRecord",
+    "build_results",
+    "fmt",
+    "fmt_fd",
+    "outcome",
+    "study_outcome",
+    "write_report",
+]
 
 #: Format tag of ``results.json``.
 RESULTS_FORMAT = "irepa-demo-results/1"
@@ -42,10 +51,19 @@ def fmt(value: float | None, digits: int = 3) -> str:
 # Results
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+@dataclasses.dataclass(frozen=True)
+class RunRecord:
+    """What the report needs of one finished training run (plain data; the orchestrator reads it from disk).
+
+    Attributes:
+        metrics: The trainer's ``metrics.jsonl`` rows, in step order (``step``, ``denoise``, ``align_cos``, ...).
+        evals: The FD evaluations at the settings' ``eval_steps``, in order (``step``, ``fd``, ``seconds``, ...).
+        grid: The final step's sample grid image, relative to the demo run directory.
+    """
+
+    metrics: list[dict[str, Any]]
+    evals: list[dict[str, Any]]
+    grid: str
 
 
 def _model_params(settings: Any) -> int:
@@ -74,19 +92,37 @@ def _projector_params(settings: Any, spec: Any, target_dim: int) -> int:
     return sum(p.numel() for p in aligner.parameters())
 
 
-def build_results(demo: Demo, analysis: dict[str, Any]) -> dict[str, Any]:
-    """Collect every number of a finished demo (settings, teachers, curves, FDs, outcome) into one dict."""
+def build_results(
+    settings: DemoSettings,
+    *,
+    runs: Mapping[str, RunRecord],
+    analysis: dict[str, Any],
+    real_fd: float,
+    run_dir: str | Path,
+    machine: dict[str, Any],
+) -> dict[str, Any]:
+    """Collect every number of a finished demo (settings, teachers, curves, FDs, outcome) into one dict.
+
+    Args:
+        settings: The demo's settings.
+        runs: One record per run of ``settings.runs``, by run name.
+        analysis: The teacher analysis (:func:`irepa.demo.analysis.teacher_analysis`), by teacher id.
+        real_fd: FD of unseen real images against the reference (the floor at this sample size).
+        run_dir: The demo run directory (recorded in the results).
+        machine: Where the demo ran (recorded in ``demo.json`` when it started).
+    """
     from irepa.demo.analysis import encoder_card
     from irepa.demo.evaluation import EVALUATOR_ID
 
-    s = demo.settings
-    runs: dict[str, Any] = {}
+    s = settings
+    results_runs: dict[str, Any] = {}
     for spec in s.runs:
-        records = _read_jsonl(demo.run_path(spec) / "metrics.jsonl")
+        record = runs[spec.name]
+        records = record.metrics
         curve = {"step": [int(r["step"]) for r in records], "denoise": [float(r["denoise"]) for r in records]}
         if spec.aligned:
             curve["align_cos"] = [float(r.get("align_cos", math.nan)) for r in records]
-        evals = demo.read_evals(spec)
+        evals = record.evals
         tail = curve["denoise"][-5:]
         entry: dict[str, Any] = {
             "label": spec.label,
@@ -100,21 +136,21 @@ def build_results(demo: Demo, analysis: dict[str, Any]) -> dict[str, Any]:
             "final_fd": evals[-1]["fd"],
             "final_denoise": float(np.mean(tail)) if tail else None,
             "curve": curve,
-            "grid": str(demo.grid_path(spec, s.steps).relative_to(demo.run_dir)),
+            "grid": record.grid,
             "eval_seconds": round(sum(e["seconds"] for e in evals), 2),
         }
         if spec.aligned and curve.get("align_cos"):
             entry["final_align_cos"] = float(np.mean(curve["align_cos"][-5:]))
-        runs[spec.name] = entry
+        results_runs[spec.name] = entry
     evaluator = encoder_card(EVALUATOR_ID)
     results: dict[str, Any] = {
         "format": RESULTS_FORMAT,
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "run_dir": str(demo.run_dir),
+        "run_dir": str(run_dir),
         "settings": s.to_dict(),
-        "machine": json.loads((demo.run_dir / "demo.json").read_text()).get("machine", {}),
+        "machine": machine,
         "model_params": _model_params(s),
-        "real_fd": demo.real_fd(),
+        "real_fd": real_fd,
         "teachers": analysis,
         "evaluator": {
             "id": EVALUATOR_ID,
@@ -124,7 +160,7 @@ def build_results(demo: Demo, analysis: dict[str, Any]) -> dict[str, Any]:
             "command": evaluator["demo"]["command"],
             "probe_top1": evaluator["demo"]["metrics"]["probe"]["top1"],
         },
-        "runs": runs,
+        "runs": results_runs,
     }
     results["outcome"] = outcome(results)
     if s.mode == "study":

@@ -203,7 +203,7 @@ class VisionEncoder(nn.Module):
             kind = {1: "grayscale", 2: "grayscale + alpha", 4: "RGBA"}.get(channels, f"{channels}-channel")
             raise IrepaError(
                 f"images are {kind} ({channels} channels in dim 1); encoders take RGB (B, 3, H, W): convert them "
-                "(irepa.data.images.load_image converts grayscale/RGBA to RGB)"
+                "(irepa.utils.images.load_image converts grayscale/RGBA to RGB)"
             )
         if images.dtype != torch.uint8 and not images.is_floating_point():
             raise IrepaError(

@@ -30,7 +30,7 @@ from typing import Any, Literal
 import torch
 
 from irepa.encoders.base import VisionEncoder
-from irepa.errors import IrepaError
+from irepa.errors import IrepaError, first_line
 from irepa.utils.io import atomic_write, safetensors_header
 
 __all__ = [
@@ -172,11 +172,11 @@ def extract_features(
 
     Args:
         encoder: A loaded encoder; images are read at its resolution.
-        files: Image files (e.g. from :func:`irepa.data.images.list_images`).
+        files: Image files (e.g. from :func:`irepa.utils.images.list_images`).
         out: Output ``.safetensors`` path.
         root: Folder the image keys are relative to.
         batch_size: Images per forward pass.
-        crop: How images of another size reach the encoder's resolution (``irepa.data.images.load_image``).
+        crop: How images of another size reach the encoder's resolution (``irepa.utils.images.load_image``).
         on_error: ``skip`` unreadable images (counted) or ``fail`` on the first one.
         strict_mode: Refuse non-RGB images instead of converting them.
         labels: ``auto`` stores class labels when every image sits in a class subfolder; ``require`` insists;
@@ -192,7 +192,7 @@ def extract_features(
     from tqdm import tqdm
 
     from irepa import __version__
-    from irepa.data.images import ReadStats, class_label_map, image_key, iter_image_batches
+    from irepa.utils.images import ReadStats, class_label_map, image_key, iter_image_batches
 
     if batch_size < 1:
         raise IrepaError(f"batch size must be >= 1, got {batch_size}")
@@ -268,7 +268,7 @@ def extract_features(
 
 def _first_problem(skipped: list[str], size: int, crop: str, strict_mode: bool) -> str:
     """Why the first skipped image was refused (re-read once, only when nothing was usable)."""
-    from irepa.data.images import load_image
+    from irepa.utils.images import load_image
 
     try:
         load_image(skipped[0], size=size, crop=crop, strict_mode=strict_mode)  # type: ignore[arg-type]
@@ -363,7 +363,7 @@ def read_features(path: str | Path) -> FeatureFile:
             raw = dict(f.metadata() or {})
             shapes = {n: f.get_slice(n).get_shape() for n in names}
     except Exception as exc:  # safetensors raises several types for corrupt headers
-        raise IrepaError(f"cannot read features file {str(path)!r}: {str(exc).splitlines()[0]}") from exc
+        raise IrepaError(f"cannot read features file {str(path)!r}: {first_line(exc)}") from exc
     if "patch_tokens" not in names and "mean_token" not in names:
         raise IrepaError(f"{str(path)!r} is not a features file: it has no patch_tokens or mean_token tensor")
     metadata: dict[str, Any] = {}

@@ -25,7 +25,7 @@ from irepa.encoders.base import VisionEncoder
 from irepa.encoders.spec import EncoderSpec
 from irepa.encoders.timm_backend import _preview
 from irepa.encoders.weights import ResolvedWeights
-from irepa.errors import IrepaError
+from irepa.errors import IrepaError, first_line
 
 __all__ = ["TransformersEncoder", "build_transformers_model"]
 
@@ -111,8 +111,9 @@ def build_transformers_model(
                 str(folder), config=config, output_loading_info=True, ignore_mismatched_sizes=True
             )
         except (OSError, ValueError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise IrepaError(f"cannot load weights {str(weights.path)!r} for encoder {spec.id!r}: {first}") from exc
+            raise IrepaError(
+                f"cannot load weights {str(weights.path)!r} for encoder {spec.id!r}: {first_line(exc)}"
+            ) from exc
     problems = []
     for label, keys in (("missing keys", info["missing_keys"]), ("unexpected keys", info["unexpected_keys"])):
         if keys:

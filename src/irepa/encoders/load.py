@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +13,9 @@ from irepa.encoders.base import ClsMixing, VisionEncoder
 from irepa.encoders.spec import ENCODERS, EncoderSpec
 from irepa.encoders.weights import ResolvedWeights, WeightLocations, resolve_weights
 from irepa.errors import IrepaError
+from irepa.registry import Registry
 
-__all__ = ["load_encoder"]
+__all__ = ["BACKENDS", "load_encoder"]
 
 
 def load_encoder(
@@ -94,7 +95,7 @@ def load_encoder(
 
     overrides = dict(arch_overrides or {})
     with torch.device("meta") if device.type == "meta" else contextlib.nullcontext():
-        backbone, encoder_cls, embed_dim = _build_backbone(spec, input_size, resolved, overrides)
+        backbone, encoder_cls, embed_dim = BACKENDS.get(spec.backend)(spec, input_size, resolved, overrides)
         encoder = encoder_cls(
             spec,
             backbone,
@@ -111,27 +112,43 @@ def load_encoder(
     return encoder.freeze()
 
 
-def _build_backbone(
-    spec: EncoderSpec, input_size: tuple[int, int], weights: ResolvedWeights | None, overrides: dict[str, Any]
-) -> tuple[torch.nn.Module, type[VisionEncoder], int]:
-    if spec.backend == "timm":
-        from irepa.encoders.timm_backend import TimmEncoder, build_timm_model
+#: What a backend builds: ``(backbone, encoder class, embedding width)``.
+Built = tuple[torch.nn.Module, type[VisionEncoder], int]
+#: A backend's builder: ``(spec, input_size (h, w), resolved weights or None, arch_overrides) -> Built``.
+Builder = Callable[[EncoderSpec, tuple[int, int], "ResolvedWeights | None", dict[str, Any]], Built]
 
-        model = build_timm_model(spec, input_size=input_size, weights=weights, arch_overrides=overrides)
-        return model, TimmEncoder, int(model.num_features)
-    if spec.backend == "packaged":
-        from irepa.encoders.timm_backend import TimmEncoder, build_packaged_vit
+#: Encoder backends by :attr:`EncoderSpec.backend`. Each builder imports its third-party library only when called,
+#: so ``import irepa.encoders`` stays light.
+BACKENDS: Registry[Builder] = Registry("encoder backend")
 
-        model = build_packaged_vit(spec, input_size=input_size, weights=weights, arch_overrides=overrides)
-        return model, TimmEncoder, int(model.num_features)
-    if spec.backend == "transformers":
-        from irepa.encoders.hf_backend import TransformersEncoder, build_transformers_model
 
-        model = build_transformers_model(spec, weights=weights, arch_overrides=overrides)
-        return model, TransformersEncoder, int(model.config.hidden_size)
-    if spec.backend == "classic":
-        from irepa.encoders.classic import ClassicEncoder, build_classic
+@BACKENDS.register("timm")
+def _timm(spec: EncoderSpec, input_size: tuple[int, int], weights: Any, overrides: dict[str, Any]) -> Built:
+    from irepa.encoders.timm_backend import TimmEncoder, build_timm_model
 
-        module = build_classic(spec.arch, **{**spec.arch_kwargs, **overrides})
-        return module, ClassicEncoder, int(module.out_dim)
-    raise ValueError(f"unknown backend {spec.backend!r}")
+    model = build_timm_model(spec, input_size=input_size, weights=weights, arch_overrides=overrides)
+    return model, TimmEncoder, int(model.num_features)
+
+
+@BACKENDS.register("packaged")
+def _packaged(spec: EncoderSpec, input_size: tuple[int, int], weights: Any, overrides: dict[str, Any]) -> Built:
+    from irepa.encoders.timm_backend import TimmEncoder, build_packaged_vit
+
+    model = build_packaged_vit(spec, input_size=input_size, weights=weights, arch_overrides=overrides)
+    return model, TimmEncoder, int(model.num_features)
+
+
+@BACKENDS.register("transformers")
+def _transformers(spec: EncoderSpec, input_size: tuple[int, int], weights: Any, overrides: dict[str, Any]) -> Built:
+    from irepa.encoders.hf_backend import TransformersEncoder, build_transformers_model
+
+    model = build_transformers_model(spec, weights=weights, arch_overrides=overrides)
+    return model, TransformersEncoder, int(model.config.hidden_size)
+
+
+@BACKENDS.register("classic")
+def _classic(spec: EncoderSpec, input_size: tuple[int, int], weights: Any, overrides: dict[str, Any]) -> Built:
+    from irepa.encoders.classic import ClassicEncoder, build_classic
+
+    module = build_classic(spec.arch, **{**spec.arch_kwargs, **overrides})
+    return module, ClassicEncoder, int(module.out_dim)

@@ -25,6 +25,7 @@ from irepa.encoders.remap import REMAPS
 from irepa.encoders.spec import EncoderSpec
 from irepa.encoders.weights import ResolvedWeights, read_state_dict, temporary_safetensors
 from irepa.errors import IrepaError
+from irepa.utils.io import describe_load_error
 from irepa.utils.state_dict import state_dict_mismatch
 
 __all__ = ["TimmEncoder", "build_packaged_vit", "build_timm_model", "check_state_dict", "summarize_load_error"]
@@ -73,6 +74,7 @@ def build_timm_model(
             unreadable or unsafe files.
     """
     import timm
+    from safetensors import SafetensorError
 
     kwargs: dict[str, Any] = dict(spec.arch_kwargs)
     kwargs.update(arch_overrides or {})
@@ -100,10 +102,20 @@ def build_timm_model(
                     f"weights {str(weights.path)!r} do not fit encoder {spec.id!r} (timm {spec.arch}): "
                     f"{summarize_load_error(str(exc))}; is this the checkpoint of {spec.id!r}?"
                 ) from exc
-            raise
-        except (OSError, ValueError, KeyError, AssertionError) as exc:  # unpickling, truncated or foreign files
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise IrepaError(f"cannot load weights {str(weights.path)!r} for encoder {spec.id!r}: {first}") from exc
+            # timm re-raises weights_only refusals (pickled objects) as RuntimeError: a file problem, not a bug.
+            raise IrepaError(
+                f"cannot load weights {str(weights.path)!r} for encoder {spec.id!r}: {describe_load_error(exc)}"
+            ) from exc
+        except (
+            OSError,
+            ValueError,
+            KeyError,
+            AssertionError,
+            SafetensorError,
+        ) as exc:  # unpickling, truncated, foreign
+            raise IrepaError(
+                f"cannot load weights {str(weights.path)!r} for encoder {spec.id!r}: {describe_load_error(exc)}"
+            ) from exc
 
 
 def build_packaged_vit(

@@ -33,8 +33,8 @@ from typing import Any
 import torch
 
 from irepa.encoders.spec import EncoderSpec
-from irepa.errors import IrepaError, WeightsNotFoundError
-from irepa.utils.io import atomic_write, sha256_file, write_json
+from irepa.errors import IrepaError, WeightsNotFoundError, first_line
+from irepa.utils.io import atomic_write, describe_load_error, sha256_file, write_json
 
 __all__ = [
     "ResolvedWeights",
@@ -469,9 +469,9 @@ def _hub_download(spec: EncoderSpec, revision: str, hf_cache_dir: Path | None, l
             f"the Hub has no {source.filename or 'model folder'} in {source.repo_id}@{revision} ({type(exc).__name__})"
         ) from exc
     except (errors.OfflineModeIsEnabled, errors.LocalEntryNotFoundError) as exc:
-        raise WeightsNotFoundError(f"download impossible ({_first_line(exc)})") from exc
+        raise WeightsNotFoundError(f"download impossible ({first_line(exc)})") from exc
     except (errors.HfHubHTTPError, OSError) as exc:
-        raise WeightsNotFoundError(f"download failed ({_first_line(exc)})") from exc
+        raise WeightsNotFoundError(f"download failed ({first_line(exc)})") from exc
 
 
 def _download_url(url: str, path: Path) -> None:
@@ -492,12 +492,7 @@ def _download_url(url: str, path: Path) -> None:
                     f.write(chunk)
                     bar.update(len(chunk))
     except (urllib.error.URLError, OSError) as exc:
-        raise WeightsNotFoundError(f"download of {url} failed ({_first_line(exc)})") from exc
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+        raise WeightsNotFoundError(f"download of {url} failed ({first_line(exc)})") from exc
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -530,7 +525,7 @@ def read_state_dict(path: str | Path) -> dict[str, Any]:
         raise
     except Exception as exc:  # pickle errors, truncated files, header errors
         raise IrepaError(
-            f"cannot read weights {str(path)!r} safely: {_first_line(exc)}; if it pickles Python objects, "
+            f"cannot read weights {str(path)!r} safely: {describe_load_error(exc)}; if it pickles Python objects, "
             "re-save its tensors with torch.save(state_dict) or as .safetensors"
         ) from exc
     if not isinstance(obj, Mapping):

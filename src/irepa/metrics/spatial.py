@@ -218,7 +218,8 @@ def _check_near_far(grid: Grid, opts: _Options, what: str) -> None:
         raise IrepaError(f"{what}: far ({opts.far}) must be larger than near ({opts.near})")
     if opts.far > max_d:
         raise IrepaError(
-            f"{what}: no token pairs at distance >= {opts.far} on a {grid[0]}x{grid[1]} grid (max {max_d}); lower far"
+            f"{what}: no token pairs at distance >= {opts.far} on a {grid[0]}x{grid[1]} grid (max {max_d}); set far "
+            f"(--far) to at most {max_d}, or use a larger grid (higher resolution)"
         )
 
 
@@ -249,7 +250,8 @@ def _check_cds(grid: Grid, opts: _Options) -> None:
         raise IrepaError(f"cds: dmax must be >= 2 (a line needs two distances), got {opts.dmax}")
     if opts.dmax > max_d:
         raise IrepaError(
-            f"cds: dmax={opts.dmax} exceeds the largest distance {max_d} of a {grid[0]}x{grid[1]} grid; lower dmax"
+            f"cds: dmax={opts.dmax} exceeds the largest distance {max_d} of a {grid[0]}x{grid[1]} grid; set dmax "
+            f"(--dmax) to at most {max_d}, or use a larger grid (higher resolution)"
         )
 
 

@@ -76,13 +76,8 @@ def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, torch.Ten
 # Save
 
 
-def _check_metadata(metadata: Mapping[str, Any], model: nn.Module) -> None:
-    unknown = sorted(set(metadata) - set(_METADATA_KEYS))
-    if unknown:
-        raise IrepaError(
-            f"unknown snapshot metadata key(s) {', '.join(unknown)}; valid: {', '.join(_METADATA_KEYS)} "
-            "(put anything else under 'extra')"
-        )
+def _check_sampling_metadata(metadata: Mapping[str, Any]) -> None:
+    """The header entries sampling relies on: ``diffusion.path`` and a ``space`` it can decode."""
     diffusion = metadata.get("diffusion")
     # The path name is resolved by irepa.diffusion.paths.get_path when sampling (models sit below diffusion).
     if not isinstance(diffusion, Mapping) or not isinstance(diffusion.get("path"), str) or not diffusion["path"]:
@@ -97,6 +92,17 @@ def _check_metadata(metadata: Mapping[str, Any], model: nn.Module) -> None:
                 "a latent-space snapshot needs space.vae (the VAE id) and space.normalization ({'kind': ...}) "
                 "so that samples can be decoded"
             )
+
+
+def _check_metadata(metadata: Mapping[str, Any], model: nn.Module) -> None:
+    unknown = sorted(set(metadata) - set(_METADATA_KEYS))
+    if unknown:
+        raise IrepaError(
+            f"unknown snapshot metadata key(s) {', '.join(unknown)}; valid: {', '.join(_METADATA_KEYS)} "
+            "(put anything else under 'extra')"
+        )
+    _check_sampling_metadata(metadata)
+    space = metadata["space"]
     channels = getattr(model, "in_channels", None)
     if "channels" in space and channels is not None and space["channels"] != channels:
         raise IrepaError(f"snapshot space.channels={space['channels']} but the model takes {channels} channels")
@@ -185,7 +191,8 @@ def read_inference_metadata(path: str | Path) -> dict[str, Any]:
         "config" (dict, empty if none), "source", "extra"}``.
 
     Raises:
-        IrepaError: Missing, truncated or corrupt file, or not an irepa inference snapshot.
+        IrepaError: Missing, truncated or corrupt file, not an irepa inference snapshot, or a header whose
+            ``diffusion``/``space`` entries sampling cannot use.
     """
     from safetensors import safe_open
 
@@ -219,6 +226,10 @@ def read_inference_metadata(path: str | Path) -> dict[str, Any]:
         or not isinstance(model.get("kwargs"), dict)
     ):
         raise IrepaError(f"inference snapshot {str(path)!r} has no valid 'model' entry (name + kwargs) in its header")
+    try:
+        _check_sampling_metadata(out)
+    except IrepaError as exc:
+        raise IrepaError(f"inference snapshot {str(path)!r}: {exc} (a hand-edited header?)") from exc
     return out
 
 

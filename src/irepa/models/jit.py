@@ -22,6 +22,7 @@ model's ``grid``, which is what REPA / iREPA align.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -85,24 +86,17 @@ class JiT(DiffusionTransformer):
         proj_drop: float = 0.0,
     ) -> None:
         super().__init__()
-        height, width = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
-        if height % patch_size or width % patch_size:
-            raise IrepaError(f"JiT input size {height}x{width} is not divisible by patch size {patch_size}")
-        if hidden_size % num_heads or (hidden_size // num_heads) % 4 or hidden_size % 4:
-            raise IrepaError(
-                f"JiT hidden_size {hidden_size} must be divisible by num_heads={num_heads}, with a head width "
-                "divisible by 4 (2-D RoPE) and a width divisible by 4 (pos-embed)"
-            )
-        if depth < 1 or num_classes < 0 or (num_classes == 0 and not null_class):
-            raise IrepaError(
-                f"invalid JiT config depth={depth}, num_classes={num_classes}, null_class={null_class}: depth must be"
-                " >= 1 and an unconditional model (num_classes=0) needs null_class=True"
-            )
-        if in_context_len < 0 or (in_context_len and not 0 <= in_context_start < depth):
-            raise IrepaError(
-                f"JiT in_context_start={in_context_start} must name one of the blocks 0..{depth - 1} "
-                f"(in_context_len={in_context_len}); lower it together with depth"
-            )
+        height, width = check_jit_arguments(
+            input_size=input_size,
+            patch_size=patch_size,
+            hidden_size=hidden_size,
+            depth=depth,
+            num_heads=num_heads,
+            num_classes=num_classes,
+            null_class=null_class,
+            in_context_len=in_context_len,
+            in_context_start=in_context_start,
+        )
         self._config: dict[str, Any] = {
             "input_size": height if height == width else [height, width],
             "patch_size": patch_size,
@@ -234,15 +228,75 @@ _JIT_KWARGS = (
 )
 
 
+def check_jit_arguments(
+    *,
+    input_size: int | tuple[int, int],
+    patch_size: int,
+    hidden_size: int,
+    depth: int,
+    num_heads: int,
+    num_classes: int,
+    null_class: bool,
+    in_context_len: int,
+    in_context_start: int,
+) -> tuple[int, int]:
+    """Check :class:`JiT`'s argument rules without building a model (configs validate with it).
+
+    Returns:
+        The input size as ``(H, W)``.
+
+    Raises:
+        IrepaError: Naming the rule that the arguments break.
+    """
+    height, width = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+    if height % patch_size or width % patch_size:
+        raise IrepaError(f"JiT input size {height}x{width} is not divisible by patch size {patch_size}")
+    if hidden_size % num_heads or (hidden_size // num_heads) % 4 or hidden_size % 4:
+        raise IrepaError(
+            f"JiT hidden_size {hidden_size} must be divisible by num_heads={num_heads}, with a head width "
+            "divisible by 4 (2-D RoPE) and a width divisible by 4 (pos-embed)"
+        )
+    if depth < 1 or num_classes < 0 or (num_classes == 0 and not null_class):
+        raise IrepaError(
+            f"invalid JiT config depth={depth}, num_classes={num_classes}, null_class={null_class}: depth must be"
+            " >= 1 and an unconditional model (num_classes=0) needs null_class=True"
+        )
+    if in_context_len < 0 or (in_context_len and not 0 <= in_context_start < depth):
+        raise IrepaError(
+            f"JiT in_context_start={in_context_start} must name one of the blocks 0..{depth - 1} "
+            f"(in_context_len={in_context_len}); lower it together with depth"
+        )
+    return height, width
+
+
+#: JiT's constructor defaults (each registry entry's size, patch and resolution override them).
+_JIT_DEFAULTS: dict[str, Any] = {
+    k: p.default for k, p in inspect.signature(JiT.__init__).parameters.items() if p.default is not p.empty
+}
+
+
 def _jit_factory(name: str, size: dict[str, int], patch_size: int, resolution: int) -> Callable[..., JiT]:
-    def factory(**overrides: Any) -> JiT:
+    def arguments(**overrides: Any) -> dict[str, Any]:
+        """Every constructor argument of this entry with ``overrides``, checked without building the model."""
         unknown = sorted(set(overrides) - set(_JIT_KWARGS))
         if unknown:
             raise IrepaError(f"unknown {name} argument(s) {', '.join(unknown)}; valid: {', '.join(_JIT_KWARGS)}")
-        kwargs: dict[str, Any] = {"input_size": resolution, "in_context_len": 32, **factory.defaults, **overrides}
+        kwargs: dict[str, Any] = {
+            **_JIT_DEFAULTS,
+            "input_size": resolution,
+            "in_context_len": 32,
+            **factory.defaults,
+            **overrides,
+        }
         if isinstance(kwargs.get("input_size"), list):  # JSON round trip of a rectangular size
             kwargs["input_size"] = tuple(kwargs["input_size"])
-        return JiT(**kwargs)
+        check_jit_arguments(**{k: kwargs[k] for k in inspect.signature(check_jit_arguments).parameters})
+        return kwargs
+
+    def factory(**overrides: Any) -> JiT:
+        return JiT(**arguments(**overrides))
+
+    factory.arguments = arguments  # type: ignore[attr-defined]
 
     factory.defaults = {**size, "patch_size": patch_size}  # type: ignore[attr-defined]
     factory.__name__ = factory.__qualname__ = f"jit_{name.split('-')[1].replace('/', '_').lower()}"

@@ -49,11 +49,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from irepa.errors import IrepaError
+from irepa.errors import IrepaError, first_line
 from irepa.models.base import MODELS
 from irepa.models.io import load_state_dict_checked, state_dict_mismatch
 from irepa.models.jit import JIT_SIZES
 from irepa.models.sit import PATCH_SIZES, SIT_SIZES
+from irepa.utils.io import describe_load_error, refused_global
 
 __all__ = [
     "ALLOWED_GLOBALS",
@@ -102,21 +103,18 @@ def read_checkpoint_file(path: str | Path) -> Any:
         with torch.serialization.safe_globals(list(ALLOWED_GLOBALS)):
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
-        match = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
-        if match:
+        name = refused_global(exc)
+        if name is not None:
             raise IrepaError(
-                f"checkpoint {str(path)!r} pickles {match.group(1)!r}, which is not on irepa's allow-list "
+                f"checkpoint {str(path)!r} pickles {name!r}, which is not on irepa's allow-list "
                 f"({', '.join(f'{g.__module__}.{g.__qualname__}' for g in ALLOWED_GLOBALS)}); it is not an official "
                 "REPA/iREPA/REPA-E checkpoint or was re-saved with extra objects (re-save its state dict)"
             ) from exc
-        raise IrepaError(f"checkpoint {str(path)!r} is corrupt or not a torch checkpoint: {_first_line(exc)}") from exc
+        raise IrepaError(
+            f"checkpoint {str(path)!r} is corrupt or not a torch checkpoint: {describe_load_error(exc)}"
+        ) from exc
     except Exception as exc:  # truncated zips, bad magic numbers, ...: many exception types
-        raise IrepaError(f"checkpoint {str(path)!r} is truncated or corrupt: {_first_line(exc)}") from exc
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
+        raise IrepaError(f"checkpoint {str(path)!r} is truncated or corrupt: {first_line(exc, max_chars=200)}") from exc
 
 
 def _is_state_dict(obj: Any) -> bool:

@@ -18,6 +18,7 @@ Differences from the official code, all deliberate:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -78,18 +79,15 @@ class SiT(DiffusionTransformer):
         time_interval: bool = False,
     ) -> None:
         super().__init__()
-        height, width = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
-        if height % patch_size or width % patch_size:
-            raise IrepaError(f"SiT input size {height}x{width} is not divisible by patch size {patch_size}")
-        if hidden_size % num_heads or hidden_size % 4:
-            raise IrepaError(
-                f"SiT hidden_size {hidden_size} must be divisible by num_heads={num_heads} and by 4 (pos-embed)"
-            )
-        if depth < 1 or num_classes < 0 or (num_classes == 0 and not null_class):
-            raise IrepaError(
-                f"invalid SiT config depth={depth}, num_classes={num_classes}, null_class={null_class}: depth must be"
-                " >= 1 and an unconditional model (num_classes=0) needs null_class=True"
-            )
+        height, width = check_sit_arguments(
+            input_size=input_size,
+            patch_size=patch_size,
+            hidden_size=hidden_size,
+            depth=depth,
+            num_heads=num_heads,
+            num_classes=num_classes,
+            null_class=null_class,
+        )
         self._config: dict[str, Any] = {
             "input_size": height if height == width else [height, width],
             "patch_size": patch_size,
@@ -174,6 +172,39 @@ class SiT(DiffusionTransformer):
         return ModelOutput(out, hidden)
 
 
+def check_sit_arguments(
+    *,
+    input_size: int | tuple[int, int],
+    patch_size: int,
+    hidden_size: int,
+    depth: int,
+    num_heads: int,
+    num_classes: int,
+    null_class: bool,
+) -> tuple[int, int]:
+    """Check :class:`SiT`'s argument rules without building a model (configs validate with it).
+
+    Returns:
+        The input size as ``(H, W)``.
+
+    Raises:
+        IrepaError: Naming the rule that the arguments break.
+    """
+    height, width = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+    if height % patch_size or width % patch_size:
+        raise IrepaError(f"SiT input size {height}x{width} is not divisible by patch size {patch_size}")
+    if hidden_size % num_heads or hidden_size % 4:
+        raise IrepaError(
+            f"SiT hidden_size {hidden_size} must be divisible by num_heads={num_heads} and by 4 (pos-embed)"
+        )
+    if depth < 1 or num_classes < 0 or (num_classes == 0 and not null_class):
+        raise IrepaError(
+            f"invalid SiT config depth={depth}, num_classes={num_classes}, null_class={null_class}: depth must be"
+            " >= 1 and an unconditional model (num_classes=0) needs null_class=True"
+        )
+    return height, width
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Registry
 
@@ -201,16 +232,28 @@ _SIT_KWARGS = (
 )
 
 
+#: SiT's constructor defaults (each registry entry's size and patch override depth, width, heads and patch).
+_SIT_DEFAULTS: dict[str, Any] = {
+    k: p.default for k, p in inspect.signature(SiT.__init__).parameters.items() if p.default is not p.empty
+}
+
+
 def _sit_factory(name: str, size: dict[str, int], patch_size: int) -> Callable[..., SiT]:
-    def factory(**overrides: Any) -> SiT:
+    def arguments(**overrides: Any) -> dict[str, Any]:
+        """Every constructor argument of this entry with ``overrides``, checked without building the model."""
         unknown = sorted(set(overrides) - set(_SIT_KWARGS))
         if unknown:
             raise IrepaError(f"unknown {name} argument(s) {', '.join(unknown)}; valid: {', '.join(_SIT_KWARGS)}")
-        kwargs: dict[str, Any] = {**size, "patch_size": patch_size, **overrides}
+        kwargs: dict[str, Any] = {**_SIT_DEFAULTS, **size, "patch_size": patch_size, **overrides}
         if isinstance(kwargs.get("input_size"), list):  # JSON round trip of a rectangular size
             kwargs["input_size"] = tuple(kwargs["input_size"])
-        return SiT(**kwargs)
+        check_sit_arguments(**{k: kwargs[k] for k in inspect.signature(check_sit_arguments).parameters})
+        return kwargs
 
+    def factory(**overrides: Any) -> SiT:
+        return SiT(**arguments(**overrides))
+
+    factory.arguments = arguments  # type: ignore[attr-defined]
     factory.defaults = {**size, "patch_size": patch_size}  # type: ignore[attr-defined]
     factory.__name__ = factory.__qualname__ = f"sit_{name.split('-')[1].replace('/', '_').lower()}"
     factory.__doc__ = (

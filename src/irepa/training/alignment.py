@@ -27,6 +27,7 @@ from torch import nn
 
 if TYPE_CHECKING:
     from irepa.align import AlignConfig, RepresentationAligner
+    from irepa.encoders import WeightLocations
     from irepa.training.config import TrainConfig
     from irepa.training.teacher import Teacher
 
@@ -62,6 +63,7 @@ class AlignmentTerm:
         source_dim: int,
         what: str,
         device: torch.device | str,
+        locations: WeightLocations | None = None,
     ) -> AlignmentTerm | None:
         """The term configured by ``align:`` and ``teacher:``, or ``None`` when ``align.encoders`` is empty.
 
@@ -73,6 +75,8 @@ class AlignmentTerm:
             source_dim: Token width ``D`` of the tapped backbone.
             what: The backbone's name for error messages (``config.model.name``).
             device: Where the teacher runs.
+            locations: Where the encoder weights are looked for (``teacher.cache_dir``/``teacher.offline``
+                override it); ``None`` = only ``teacher.cache_dir``.
 
         Raises:
             IrepaError: Missing encoder weights, or an encoder grid that differs from ``grid`` (one line naming both
@@ -87,6 +91,7 @@ class AlignmentTerm:
             config.align.encoders,
             resolution=config.teacher.resolution or image_size,
             weights=config.teacher.weights,
+            locations=locations,
             cache_dir=config.teacher.cache_dir,
             offline=config.teacher.offline,
             pretrained=config.teacher.pretrained,

@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from irepa.errors import IrepaError
+from irepa.errors import IrepaError, first_line
 from irepa.utils.io import sha256_file
 from irepa.utils.state_dict import state_dict_mismatch
 
@@ -96,6 +96,39 @@ def _fsync_dir(path: Path) -> None:
 def _fsync_file(path: Path) -> None:
     with open(path, "rb+") as f:
         os.fsync(f.fileno())
+
+
+def _usual_permissions(path: Path) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def _is_write_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` raised by a writer means the file system refused the data (full disk, quota, I/O error).
+
+    Each writer words it differently: ``OSError`` (ENOSPC, EDQUOT, EIO), safetensors' ``SafetensorError`` ("No space
+    left on device"), and ``torch.save``'s ``RuntimeError`` from its zip writer ("unexpected pos ...", "file write
+    failed").
+    """
+    if isinstance(exc, OSError):
+        return True
+    if type(exc).__name__ == "SafetensorError":
+        return True
+    if isinstance(exc, RuntimeError):
+        text = str(exc)
+        keys = ("unexpected pos", "write failed", "No space left", "PytorchStreamWriter", "iostream error")
+        return any(k in text for k in keys)
+    return False
+
+
+def describe_write_failure(exc: BaseException, directory: Path) -> str:
+    """One line for a failed write, with the free space left where it was written."""
+    text = getattr(exc, "strerror", None) or (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    with contextlib.suppress(OSError):
+        free = shutil.disk_usage(directory).free
+        text += f"; {free / 2**20:.1f} MiB free on that file system"
+    return text
 
 
 def _check_name(name: str) -> None:
@@ -187,6 +220,7 @@ class CheckpointManager:
                 payload = {k: v.detach().to("cpu").contiguous() for k, v in group.items()}
                 target = tmp / f"{name}.safetensors"
                 save_file(payload, str(target))
+                _usual_permissions(target)  # safetensors creates 0600 files; everything else irepa writes is 0644
                 files.append(target)
             for name, obj in (objects or {}).items():
                 _check_name(name)
@@ -216,12 +250,12 @@ class CheckpointManager:
             _fsync_dir(self.directory)
         except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
-            if isinstance(exc, OSError):
+            if _is_write_failure(exc):
                 previous = [s for s in self.steps() if s != step]
                 kept = f"the previous checkpoint {self.path(previous[-1]).name} is intact" if previous else "none kept"
                 raise CheckpointError(
-                    f"could not write checkpoint {final} ({exc.strerror or exc}); {kept}; free disk space "
-                    "or fix the folder, then rerun the same command to resume"
+                    f"could not write checkpoint {final} ({describe_write_failure(exc, self.directory)}); {kept}; "
+                    "free disk space or fix the folder, then rerun the same command to resume"
                 ) from exc
             raise
         self.prune()
@@ -304,8 +338,7 @@ class CheckpointManager:
                 else:
                     texts[name] = file.read_text()
             except Exception as exc:  # a parse failure of a hash-verified file: a foreign or unsafe file
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise CheckpointError(f"{folder.name}: cannot read {name}: {first}") from exc
+                raise CheckpointError(f"{folder.name}: cannot read {name}: {first_line(exc)}") from exc
         return LoadedCheckpoint(step, folder, tensors, objects, texts, dict(manifest.get("meta", {})))
 
     def load_latest(self, *, warn: Callable[[str], None] | None = None) -> LoadedCheckpoint | None:

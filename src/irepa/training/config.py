@@ -16,6 +16,7 @@ images, after ``optim.grad_accumulation`` micro-steps).
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -36,6 +37,7 @@ __all__ = [
     "TrainConfig",
     "TrainLoopConfig",
     "check_resume_compatible",
+    "check_run_dir",
     "config_diff",
     "resolve_config",
 ]
@@ -66,8 +68,9 @@ class DiffusionConfig:
     time_sampler_kwargs: dict[str, float] = dataclasses.field(default_factory=dict)
     """Parameters of the time sampler (e.g. ``{mean: 0.0, std: 1.0}`` for ``lognormal``)."""
     label_dropout: float = 0.1
-    """Probability of replacing the class label by the null class (classifier-free guidance). 0.1 in SiT/REPA/
-    iREPA; unlike the official code, this value really controls the rate (prior-implementations §13 item 7)."""
+    """Probability of replacing the class label by the null class (classifier-free guidance). 0.1 in
+    SiT/REPA/iREPA; unlike the official code, this value really controls the rate (prior-implementations §13 item
+    7)."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.label_dropout < 1.0:
@@ -137,9 +140,12 @@ class TeacherConfig:
     weights: dict[str, str] = dataclasses.field(default_factory=dict)
     """Explicit weights file or folder per encoder id (``{dinov2-vit-b: /ckpt/dinov2_vitb14.safetensors}``)."""
     cache_dir: str | None = None
-    """Weights cache folder (``null`` = the libraries' default caches)."""
+    """irepa cache root (``<cache_dir>/encoders/<id>/``); ``null`` = the one every command uses: ``$IREPA_CACHE``,
+    else ``~/.cache/irepa`` (where ``irepa encoders download`` puts weights), plus the Hugging Face and torch hub
+    caches."""
     offline: bool = False
-    """Never download: missing weights are an error naming what was looked for."""
+    """Never download: missing weights are an error naming what was looked for (also ``HF_HUB_OFFLINE=1`` or
+    ``IREPA_OFFLINE=1``)."""
     pretrained: bool = True
     """``false`` builds randomly initialized encoders: only for tests and smoke runs (targets are meaningless)."""
     arch_overrides: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
@@ -184,8 +190,11 @@ class OptimConfig:
     lr: float = 1e-4
     """Learning rate (constant after warmup)."""
     betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW's moment decay rates (β1, β2)."""
     weight_decay: float = 0.0
+    """AdamW's decoupled weight decay (0 in SiT/REPA/iREPA)."""
     eps: float = 1e-8
+    """AdamW's denominator stabilizer."""
     warmup_steps: int = 0
     """Linear learning-rate warmup from 0 over this many steps (0 in SiT/REPA/iREPA)."""
     grad_clip: float | None = 1.0
@@ -281,7 +290,13 @@ class LoggingConfig:
     wandb: bool = False
     """Weights & Biases (needs the ``wandb`` package)."""
     wandb_project: str = "irepa"
+    """W&B project of the run (with ``wandb: true``)."""
     wandb_entity: str | None = None
+    """W&B entity (user or team); ``null`` = W&B's default."""
+
+
+#: A run name is one path component inside ``runs/`` (like checkpoint part names): no separators, no ``..``.
+_RUN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -289,7 +304,8 @@ class TrainConfig:
     """A complete, resolved training run configuration."""
 
     name: str = ""
-    """Run name (the preset's name by default; shown in logs and W&B)."""
+    """Run name (the preset's name by default; shown in logs and W&B); the default run directory is
+    ``runs/<name>``, so it is one plain folder name (letters, digits, ``_``, ``-``, ``.``)."""
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     objective: ObjectiveConfig = dataclasses.field(default_factory=ObjectiveConfig)
     diffusion: DiffusionConfig = dataclasses.field(default_factory=DiffusionConfig)
@@ -301,6 +317,11 @@ class TrainConfig:
     logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
 
     def __post_init__(self) -> None:
+        if self.name and not _RUN_NAME.match(self.name):
+            raise ConfigError(
+                f"name {self.name!r} is not a plain folder name (letters, digits, '_', '-', '.', not starting with "
+                "'.'): it names the default run directory runs/NAME; use e.g. name=my-run (or pass --run-dir DIR)"
+            )
         if self.data.space == "latent" and not self.data.latents:
             raise ConfigError("data.space=latent needs a latent store: set data.latents=PATH (see docs/data.md)")
         if self.data.space == "pixel" and not self.data.images:
@@ -323,23 +344,20 @@ class TrainConfig:
 
 
 def _model_depth(model: ModelConfig) -> int:
-    """Number of blocks of the configured model, from the registry (built on the ``meta`` device: no memory).
+    """Number of blocks of the configured model, from the registry's argument check (no model is built).
 
     Raises:
         ConfigError: An unknown model name (with close matches) or ``model.overrides`` the model does not accept.
     """
-    import torch
-
     from irepa.errors import IrepaError
-    from irepa.models import MODELS, build_model
+    from irepa.models import MODELS
 
     try:
-        MODELS.canonical(model.name)
+        factory = MODELS.get(model.name)
     except IrepaError as exc:
         raise ConfigError(f"model.name: {exc}") from exc
     try:
-        with torch.device("meta"):
-            return int(build_model(model.name, **model.overrides).depth)
+        return int(factory.arguments(**model.overrides)["depth"])
     except IrepaError as exc:
         raise ConfigError(f"model.overrides: {exc}") from exc
 
@@ -392,6 +410,23 @@ def config_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, tup
 def is_resumable_key(key: str) -> bool:
     """Whether dotted config ``key`` may change when resuming (see :data:`RESUMABLE_KEYS`)."""
     return any(key == k or key.startswith(k + ".") for k in RESUMABLE_KEYS)
+
+
+def check_run_dir(run_dir: str | Path) -> None:
+    """Refuse a run directory path that exists but is not a folder (or lies below a file).
+
+    Raises:
+        ConfigError: Naming the path and the fix.
+    """
+    path = Path(run_dir)
+    for parent in (path, *path.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(
+                    f"run directory {str(path)!r}: {str(parent)!r} is a file, not a folder; pass --run-dir with a "
+                    "new or existing run folder"
+                )
+            return
 
 
 def _with_defaults(old: Mapping[str, Any]) -> dict[str, Any]:

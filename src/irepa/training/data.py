@@ -33,6 +33,14 @@ def _require_store(path: str | None, what: str, key: str) -> Path:
     store = Path(path)
     if not (store / "manifest.json").is_file():
         hint = "irepa data prepare" if key == "data.images" else "irepa data encode"
+        from irepa.data.store import BUILD_NAME
+
+        if (store / BUILD_NAME).is_file():  # a build that was interrupted (killed, full disk): resumable
+            done = len(list(store.glob("shard-*.json")))
+            raise IrepaError(
+                f"{key}={path!r} is an incomplete data store ({done} shard(s) written, no manifest.json): its "
+                f"`{hint}` did not finish; re-run that command with the same arguments to complete it"
+            )
         raise IrepaError(
             f"{key}={path!r} is not a data store (no manifest.json there); create it with `{hint}` "
             "(docs/data.md) or fix the path"

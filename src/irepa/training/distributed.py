@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import torch
 
-from irepa.errors import ConfigError, IrepaError
+from irepa.errors import ConfigError, IrepaError, first_line
+from irepa.utils.device import resolve_device
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -92,18 +93,24 @@ def make_accelerator(
             mismatch with what accelerate set up is an error instead of silent unsynchronized training.
 
     Raises:
-        IrepaError: ``device="cuda"`` without CUDA, or a process-count mismatch.
+        IrepaError: ``device="cuda"`` without CUDA, an incomplete launcher environment (``WORLD_SIZE`` > 1
+            without ``MASTER_ADDR``), or a process-count mismatch.
     """
     from accelerate import Accelerator, DistributedDataParallelKwargs
 
-    if device == "cuda" and not torch.cuda.is_available():
-        raise IrepaError("train.device=cuda but no CUDA device is visible; use train.device=cpu or auto")
-    use_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
-    accelerator = Accelerator(
-        cpu=use_cpu,
-        mixed_precision="no",
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
-    )
+    use_cpu = resolve_device(device, option="train.device").type == "cpu"
+    try:
+        accelerator = Accelerator(
+            cpu=use_cpu,
+            mixed_precision="no",
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
+        )
+    except ValueError as exc:
+        # accelerate validates the launcher's environment (e.g. WORLD_SIZE=2 without MASTER_ADDR) with ValueError.
+        raise IrepaError(
+            f"cannot set up the distributed processes: {first_line(exc)}; start multi-process runs with torchrun or "
+            "'accelerate launch' (they set MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE; see docs/training.md)"
+        ) from exc
     if expected_world_size is not None and expected_world_size != accelerator.num_processes:
         raise IrepaError(
             f"the launcher started {expected_world_size} processes but accelerate set up "

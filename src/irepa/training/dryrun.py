@@ -14,7 +14,7 @@ import torch
 from irepa.config import dump_yaml, read_yaml
 from irepa.errors import IrepaError
 from irepa.training.checkpoint import CheckpointManager
-from irepa.training.config import TrainConfig, check_resume_compatible
+from irepa.training.config import TrainConfig, check_resume_compatible, check_run_dir
 from irepa.training.distributed import per_device_batch_size
 
 __all__ = ["dry_run_report"]
@@ -28,12 +28,13 @@ def dry_run_report(config: TrainConfig, run_dir: str | Path, *, world_size: int 
     """The dry-run report for ``config`` run in ``run_dir`` on ``world_size`` processes.
 
     Raises:
-        ConfigError: The global batch does not divide across the processes, or the run directory holds a run with
-            an incompatible config.
+        ConfigError: The global batch does not divide across the processes, or the run directory is a file or
+            holds a run with an incompatible config.
     """
     from irepa.models import build_model
 
     run_dir = Path(run_dir)
+    check_run_dir(run_dir)
     cfg = config
     per_device = per_device_batch_size(cfg.optim.global_batch_size, world_size, cfg.optim.grad_accumulation)
     notes = [

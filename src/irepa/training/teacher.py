@@ -7,14 +7,20 @@ in the official recipes); the tokens come back as float32 and the alignment math
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from irepa.errors import IrepaError
+
+if TYPE_CHECKING:
+    from irepa.encoders import WeightLocations
 
 __all__ = ["Teacher"]
 
@@ -44,6 +50,7 @@ class Teacher(nn.Module):
         *,
         resolution: int,
         weights: Mapping[str, str] | None = None,
+        locations: WeightLocations | None = None,
         cache_dir: str | None = None,
         offline: bool = False,
         pretrained: bool = True,
@@ -52,12 +59,27 @@ class Teacher(nn.Module):
     ) -> Teacher:
         """Load the encoders ``names`` from the zoo, set up for ``resolution`` px images.
 
+        Args:
+            names: Encoder ids (``align.encoders``).
+            resolution: Image size in px the encoders are set up for.
+            weights: Explicit weights file or folder per encoder id.
+            locations: Where to look for weights, as resolved at the CLI boundary (``$IREPA_CACHE``, the Hugging
+                Face and torch hub caches, the offline switch); ``None`` = no cache locations.
+            cache_dir: The irepa cache root, replacing ``locations.cache_dir`` (``teacher.cache_dir``).
+            offline: Never download (also when ``locations.offline``).
+            pretrained: ``False`` builds random encoders (tests only).
+            arch_overrides: Architecture kwargs per encoder id (random encoders only).
+            device: Device of the encoders.
+
         Raises:
             IrepaError: Unknown encoder id, missing weights (naming what was looked for), or a weights entry for an
                 encoder that is not in ``names``.
         """
-        from irepa.encoders import load_encoder
+        from irepa.encoders import WeightLocations, load_encoder
 
+        locations = locations or WeightLocations()
+        if cache_dir is not None:
+            locations = dataclasses.replace(locations, cache_dir=Path(cache_dir))
         weights = dict(weights or {})
         arch_overrides = dict(arch_overrides or {})
         for key, given in (("weights", weights), ("arch_overrides", arch_overrides)):
@@ -71,8 +93,10 @@ class Teacher(nn.Module):
                 name,
                 resolution=resolution,
                 weights=weights.get(name),
-                cache_dir=cache_dir,
-                offline=offline,
+                cache_dir=locations.cache_dir,
+                hf_cache_dir=locations.hf_cache_dir,
+                torch_hub_dir=locations.torch_hub_dir,
+                offline=offline or locations.offline,
                 pretrained=pretrained,
                 arch_overrides=arch_overrides.get(name),
                 device=device,

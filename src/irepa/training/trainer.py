@@ -41,7 +41,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal
 
 import torch
 import yaml
@@ -50,7 +50,7 @@ from torch import nn
 from irepa.config import dump_yaml, to_dict
 from irepa.errors import ConfigError, IrepaError
 from irepa.training.checkpoint import CheckpointError, CheckpointManager, LoadedCheckpoint, check_state_dict
-from irepa.training.config import TrainConfig, check_resume_compatible
+from irepa.training.config import TrainConfig, check_resume_compatible, check_run_dir
 from irepa.training.distributed import (
     capture_rng_state,
     check_replicas_in_sync,
@@ -66,6 +66,9 @@ from irepa.training.logging import MetricAccumulator, TrainLogger
 from irepa.training.signals import StopSignal
 from irepa.training.timing import StepTimer
 from irepa.utils.io import write_text
+
+if TYPE_CHECKING:
+    from irepa.encoders import WeightLocations
 
 __all__ = ["FitResult", "Hook", "Trainer", "snapshot_path"]
 
@@ -131,6 +134,9 @@ class Trainer:
         expected_world_size: Process count announced by the launcher (``WORLD_SIZE``), checked against what
             accelerate set up (guards against silently unsynchronized processes on CPU machines).
         stream: Console stream for the main process (default stderr).
+        weight_locations: Where the teacher's encoder weights are looked for (the CLI resolves ``$IREPA_CACHE``
+            and the hub caches, like every command that loads an encoder); ``teacher.cache_dir`` and
+            ``teacher.offline`` override it. ``None`` = only ``teacher.cache_dir``.
 
     Raises:
         IrepaError: Bad input: missing or mismatched data stores, a batch size that does not divide across
@@ -144,12 +150,14 @@ class Trainer:
         *,
         expected_world_size: int | None = None,
         stream: IO[str] | None = None,
+        weight_locations: WeightLocations | None = None,
     ) -> None:
         from irepa.training.data import TrainData
 
         self.config = cfg = config
         self.run_dir = Path(run_dir)
         self.stream = stream
+        self.weight_locations = weight_locations
         self.accelerator = make_accelerator(cfg.train.device, expected_world_size=expected_world_size)
         self.device = self.accelerator.device
         self.world_size = self.accelerator.num_processes
@@ -183,7 +191,7 @@ class Trainer:
         )
         from irepa.training.objectives import OBJECTIVES, ObjectiveContext
 
-        context = ObjectiveContext(config=cfg, data=self.data, device=self.device)
+        context = ObjectiveContext(config=cfg, data=self.data, device=self.device, weight_locations=weight_locations)
         self.objective = OBJECTIVES.get(cfg.objective.name).build(context).to(self.device)
         self.objective.bind(autocast=self.autocast, timer=self.timer)
         self.alignment = self.objective.alignment
@@ -253,7 +261,8 @@ class Trainer:
     # Construction helpers
 
     def _check_run_dir(self) -> None:
-        """Refuse a run directory whose recorded config differs in a non-resumable key."""
+        """Refuse a run directory that is not a folder, or whose recorded config differs in a non-resumable key."""
+        check_run_dir(self.run_dir)
         path = self.run_dir / "config.yaml"
         if path.exists():
             from irepa.config import read_yaml
@@ -705,7 +714,6 @@ class Trainer:
         if self.is_main:
             for step in loaded.skipped:
                 self.checkpoints.quarantine(step)
-        self._warnings.extend(warnings)
         old_config = yaml.safe_load(loaded.texts.get("config.yaml", "")) or {}
         check_resume_compatible(old_config, self.config, where=f"checkpoint {loaded.path}")
         where = f"checkpoint {loaded.path}"
@@ -737,6 +745,7 @@ class Trainer:
                 "RNG streams are re-seeded (data order, noise and weights resume exactly; anything drawn from the "
                 "global RNG does not)"
             )
+        self._warnings.extend(warnings)  # after every warning of this method: fit() logs them once the logger exists
         self._resumed_from = loaded
         self.last_checkpoint = loaded.path
         return True

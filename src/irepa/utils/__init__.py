@@ -1,1 +1,1 @@
-"""Small shared helpers: atomic file I/O, tensor files, hashing."""
+"""Small shared helpers: atomic file I/O, tensor files, hashing, device names, state-dict comparison."""

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -121,6 +122,12 @@ def load_tensor_file(path: str | Path) -> torch.Tensor | dict[str, torch.Tensor]
         IrepaError: Missing, empty, unreadable or unsupported files, and files that hold no tensors.
     """
     path = Path(path)
+    if path.is_dir():
+        raise IrepaError(
+            f"features file {str(path)!r} is a folder, not a token file (.safetensors, .pt, .npy or .npz); for a "
+            "folder of images, extract tokens with an encoder (e.g. `irepa metrics spatial --encoder NAME --images "
+            "DIR` or `irepa features extract`)"
+        )
     if not path.is_file():
         raise IrepaError(f"features file {str(path)!r} does not exist")
     if path.stat().st_size == 0:
@@ -146,8 +153,7 @@ def load_tensor_file(path: str | Path) -> torch.Tensor | dict[str, torch.Tensor]
     except IrepaError:
         raise
     except Exception as exc:  # corrupt files raise many different exception types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise IrepaError(f"cannot read features file {str(path)!r}: {first}") from exc
+        raise IrepaError(f"cannot read features file {str(path)!r}: {describe_load_error(exc)}") from exc
     if isinstance(out, torch.Tensor):
         return out
     if isinstance(out, Mapping):
@@ -158,6 +164,37 @@ def load_tensor_file(path: str | Path) -> torch.Tensor | dict[str, torch.Tensor]
     raise IrepaError(
         f"features file {str(path)!r} holds a {type(out).__name__}, expected a tensor or a dict of tensors"
     )
+
+
+#: torch's wordings of a refused pickle global: "Unsupported global: GLOBAL mod.name" (an importable class outside
+#: the allow-list) and "unsupported GLOBAL mod.name whose module mod is blocked" (torch >= 2.6 for e.g. os.system).
+#: timm's own check says "Unsupported globals: mod.name".
+_REFUSED_GLOBAL = re.compile(r"unsupported globals?:?\s+(?:GLOBAL\s+)?([\w.]+)", re.IGNORECASE)
+
+
+def refused_global(exc: BaseException) -> str | None:
+    """The dotted name of the pickled global ``torch.load(weights_only=True)`` refused in ``exc``, if that is why."""
+    match = _REFUSED_GLOBAL.search(str(exc))
+    return match.group(1).rstrip(".") if match else None
+
+
+def describe_load_error(exc: BaseException) -> str:
+    """One line saying why ``torch.load(weights_only=True)`` / safetensors could not read a file.
+
+    torch's refusal messages start with "Re-running ... with weights_only=False will likely succeed": advice irepa
+    never follows (it would run code from the file), so a refused global is named instead, and for other pickle
+    failures the line after torch's preamble is used.
+    """
+    name = refused_global(exc)
+    if name is not None:
+        return f"it pickles the Python object {name!r}, which irepa refuses to unpickle (only tensors are read)"
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if lines and lines[0].startswith("Weights only load failed"):
+        detail = [
+            line for line in lines[1:] if "weights_only" not in line and not line.startswith(("Check ", "Please"))
+        ]
+        return f"not a plain tensor file ({detail[0][:200] if detail else 'unsupported pickle contents'})"
+    return lines[0][:300] if lines else type(exc).__name__
 
 
 def sha256_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:

@@ -90,6 +90,30 @@ def test_reference_errors(tmp_path, random_images):
         read_reference(tmp_path / "half.npz")
 
 
+@pytest.mark.parametrize(
+    ("arrays", "message"),
+    [
+        ({"mu": np.zeros(4), "sigma": np.full((4, 4), np.nan)}, "mu/sigma: the covariance holds 16 non-finite"),
+        ({"mu": np.array([0, np.inf, 0, 0]), "sigma": np.eye(4)}, "mu/sigma: the mean holds 1 non-finite"),
+        ({"mu": np.zeros(4), "sigma": np.eye(4) + np.triu(np.ones((4, 4)), 1)}, "mu/sigma: the covariance is not sym"),
+        ({"mu": np.zeros(4), "sigma": np.eye(3)}, "mu/sigma: feature statistics need mu (D,) and sigma (D, D)"),
+        ({"mu": np.zeros(2), "sigma": np.eye(2), "mu_s": np.zeros(2), "sigma_s": np.ones((2, 2)) * np.nan}, "mu_s/sig"),
+    ],
+)
+def test_invalid_stored_statistics_are_refused_naming_the_file(tmp_path, arrays, message):
+    np.savez(tmp_path / "r.npz", **arrays)
+    with pytest.raises(IrepaError, match="reference '.*r.npz' " + message.replace("(", r"\(").replace(")", r"\)")):
+        read_reference(tmp_path / "r.npz")
+
+
+def test_sample_count_is_named_as_fid_n_and_identical_sets_give_a_non_negative_fid(files, tiny_detector):
+    tmp, samples, _ = files
+    np.savez(tmp / "same.npz", samples)
+    result = evaluate_adm(tmp / "samples.npz", tmp / "same.npz", tiny_detector)
+    assert any(n.startswith("40 samples: FID-40 is biased") for n in result["notes"]), result["notes"]
+    assert result["metrics"]["fid"] >= 0.0 and result["metrics"]["sfid"] >= 0.0
+
+
 def test_sample_file_checks(files, tiny_detector, random_images):
     tmp, samples, _ = files
     ref = tmp / "ref_images.npz"

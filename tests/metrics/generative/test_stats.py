@@ -80,3 +80,23 @@ def test_running_moments_errors():
         m.update(np.zeros((2, 4)))
     with pytest.raises(IrepaError, match=r"\(B, D\)"):
         m.update(np.zeros(3))
+
+
+def test_frechet_of_identical_statistics_is_not_negative():
+    # Round-off of tr Σ + tr Σ − 2 tr (ΣΣ)^½ is of either sign; a distance is reported as >= 0.
+    for seed in range(4):
+        stats = FeatureStatistics.from_features(np.random.default_rng(seed).normal(size=(50, 32)))
+        assert frechet_distance(stats, stats) == 0.0 or frechet_distance(stats, stats) > 0
+
+
+def test_non_finite_statistics_are_refused_before_sqrtm():
+    good = FeatureStatistics.from_features(np.random.default_rng(0).normal(size=(20, 4)))
+    bad = FeatureStatistics(good.mu, np.where(np.eye(4) > 0, np.nan, good.sigma))
+    with pytest.raises(IrepaError, match="non-finite"):
+        frechet_distance(good, bad)
+    with pytest.raises(IrepaError, match="ref: the covariance holds 4 non-finite"):
+        bad.check("ref")
+    skewed = FeatureStatistics(good.mu, good.sigma + np.triu(np.ones((4, 4)), 1))
+    with pytest.raises(IrepaError, match="not symmetric"):
+        skewed.check("ref")
+    assert good.check("ref") is good

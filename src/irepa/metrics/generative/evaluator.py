@@ -92,7 +92,7 @@ class ImageSource:
         self._files: list[Path] | None = None
         self.resolution = resolution
         if self.path.is_dir():
-            from irepa.data.images import list_images, load_image
+            from irepa.utils.images import list_images, load_image
 
             self._files = list_images(self.path)
             total = len(self._files)
@@ -125,7 +125,7 @@ class ImageSource:
             for batch in self._reader.iter_batches(batch_size, self.count):
                 yield torch.from_numpy(batch).permute(0, 3, 1, 2)
         else:
-            from irepa.data.images import iter_image_batches
+            from irepa.utils.images import iter_image_batches
 
             files = self._files[: self.count]
             for batch, _ in iter_image_batches(files, batch_size, size=self.resolution, crop="adm", on_error="fail"):
@@ -316,11 +316,29 @@ class Reference:
     pool_features_detector: str | None = None
 
 
+def _count_label(n: int) -> str:
+    """``50K``, ``10K``, ``2.5K``, ``64``: a sample count as FID-N is named."""
+    if n >= 1000:
+        return f"{n / 1000:g}K"
+    return str(n)
+
+
+def _stored_statistics(path: Path, mu_key: str, sigma_key: str) -> FeatureStatistics:
+    """Statistics stored in a reference ``.npz``, checked (shapes, finite, symmetric) before any maths uses them."""
+    what = f"reference {str(path)!r} {mu_key}/{sigma_key}"
+    try:
+        stats = FeatureStatistics(read_npz_array(path, mu_key), read_npz_array(path, sigma_key))
+    except IrepaError as exc:
+        raise IrepaError(f"{what}: {exc}") from exc
+    return stats.check(what)
+
+
 def read_reference(path: str | Path) -> Reference:
     """Read a reference ``.npz`` (ADM's ``VIRTUAL_imagenet256_labeled.npz`` or one from ``irepa eval ref``).
 
     Raises:
-        IrepaError: Missing file, incomplete statistics, bad images, or neither statistics nor images.
+        IrepaError: Missing file, incomplete or invalid statistics (shapes, NaN/inf, asymmetric covariance), bad
+            images, or neither statistics nor images.
     """
     path = Path(path)
     keys = set(npz_keys(path))
@@ -328,9 +346,9 @@ def read_reference(path: str | Path) -> Reference:
     if "mu" in keys or "sigma" in keys:
         if not {"mu", "sigma"} <= keys:
             raise IrepaError(f"reference {str(path)!r} has only one of mu/sigma; it needs both (or neither)")
-        pool = FeatureStatistics(read_npz_array(path, "mu"), read_npz_array(path, "sigma"))
+        pool = _stored_statistics(path, "mu", "sigma")
     if {"mu_s", "sigma_s"} <= keys:
-        spatial = FeatureStatistics(read_npz_array(path, "mu_s"), read_npz_array(path, "sigma_s"))
+        spatial = _stored_statistics(path, "mu_s", "sigma_s")
     num_images, image_size = 0, None
     if "arr_0" in keys:
         with NpzArrayReader(path, "arr_0") as reader:
@@ -437,7 +455,7 @@ def evaluate_adm(
             notes.append(msg + " (allowed by --allow-size-mismatch)")
         n = sample_file.num_samples
         if n != ADM_NUM_SAMPLES:
-            notes.append(f"{n} samples: FID-{n // 1000}K is biased relative to FID-50K; compare like with like")
+            notes.append(f"{n} samples: FID-{_count_label(n)} is biased relative to FID-50K; compare like with like")
         balance = None
         if sample_file.labels is not None:
             balance = label_balance(sample_file.labels, num_classes=None)

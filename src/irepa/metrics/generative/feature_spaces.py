@@ -23,7 +23,7 @@ from typing import Protocol, runtime_checkable
 import torch
 import torch.nn.functional as F
 
-from irepa.errors import IrepaError, WeightsNotFoundError
+from irepa.errors import IrepaError, WeightsNotFoundError, first_line
 
 __all__ = ["ClipEmbeddingSpace", "EncoderSpace", "FeatureSpace", "InceptionPoolSpace", "compute_features"]
 
@@ -113,8 +113,9 @@ class ClipEmbeddingSpace:
         try:
             self.model = CLIPVisionModelWithProjection.from_pretrained(str(model_dir), local_files_only=True)
         except (OSError, ValueError) as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise WeightsNotFoundError(f"cannot load a CLIP vision model from {str(model_dir)!r}: {first}") from exc
+            raise WeightsNotFoundError(
+                f"cannot load a CLIP vision model from {str(model_dir)!r}: {first_line(exc)}"
+            ) from exc
         self.model = self.model.to(device).eval().requires_grad_(False)
         self.size = int(self.model.config.image_size)
         self.name = f"clip-embedding:{model_dir.name}"

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from irepa.errors import IrepaError, WeightsNotFoundError
+from irepa.utils.io import describe_load_error
 
 __all__ = [
     "INCEPTION_URL",
@@ -363,8 +364,7 @@ def _read_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
             # weights_only=True: the official .pth files are plain state dicts; never unpickle arbitrary objects.
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt files raise many exception types
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise IrepaError(f"cannot read Inception weights {str(path)!r}: {first}") from exc
+        raise IrepaError(f"cannot read Inception weights {str(path)!r}: {describe_load_error(exc)}") from exc
     if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
         state = state["state_dict"]
     if not isinstance(state, Mapping):

@@ -38,6 +38,36 @@ class FeatureStatistics:
                 f"feature statistics need mu (D,) and sigma (D, D); got {self.mu.shape} and {self.sigma.shape}"
             )
 
+    def check(self, what: str) -> FeatureStatistics:
+        """Check that the statistics can be compared: finite, and a symmetric covariance.
+
+        scipy's ``sqrtm`` never returns on a matrix holding NaN, so statistics read from a file are checked first.
+
+        Args:
+            what: How to name the statistics in the error (e.g. ``"reference 'ref.npz' mu/sigma"``).
+
+        Returns:
+            ``self``.
+
+        Raises:
+            IrepaError: Non-finite values, or a covariance that is not symmetric (relative asymmetry > 1e-6).
+        """
+        for name, value in (("mean", self.mu), ("covariance", self.sigma)):
+            bad = int(np.size(value) - np.isfinite(value).sum())
+            if bad:
+                raise IrepaError(
+                    f"{what}: the {name} holds {bad} non-finite value(s) (NaN/inf); recompute the statistics "
+                    "(e.g. 'irepa eval ref --images DIR --out REF.npz')"
+                )
+        scale = float(np.abs(self.sigma).max(initial=0.0))
+        asym = float(np.abs(self.sigma - self.sigma.T).max(initial=0.0))
+        if asym > 1e-6 * scale:
+            raise IrepaError(
+                f"{what}: the covariance is not symmetric (max |Σ − Σᵀ| = {asym:.3g}, max |Σ| = {scale:.3g}); "
+                "it is not a covariance matrix: recompute the statistics"
+            )
+        return self
+
     @property
     def dim(self) -> int:
         """Feature dimension D."""
@@ -107,16 +137,21 @@ def frechet_distance(a: FeatureStatistics, b: FeatureStatistics, eps: float = 1e
 
     ``‖μ_a − μ_b‖² + tr Σ_a + tr Σ_b − 2 tr (Σ_a Σ_b)^½``. If ``sqrtm`` returns non-finite values, ``eps·I`` is
     added to both covariances (ADM's fallback). A complex square root whose diagonal has an imaginary part above
-    1e-3 is an error (ADM raises too); otherwise the real part is used.
+    1e-3 is an error (ADM raises too); otherwise the real part is used. Negative round-off (identical statistics)
+    is returned as 0.
 
     Raises:
-        IrepaError: Dimension mismatch, or a numerically meaningless result (ill-conditioned covariances, e.g.
-            far fewer samples than dimensions).
+        IrepaError: Dimension mismatch, non-finite statistics, or a numerically meaningless result
+            (ill-conditioned covariances, e.g. far fewer samples than dimensions).
     """
     from scipy import linalg
 
     if a.dim != b.dim:
         raise IrepaError(f"cannot compare statistics of dimension {a.dim} and {b.dim} (different feature spaces)")
+    for name, stats in (("first", a), ("second", b)):
+        if not (np.isfinite(stats.mu).all() and np.isfinite(stats.sigma).all()):
+            # sqrtm would never return (it iterates on NaN forever).
+            raise IrepaError(f"the {name} feature statistics hold non-finite values: no Fréchet distance")
     diff = a.mu - b.mu
     with warnings.catch_warnings():
         # Singular products warn; ADM calls sqrtm(disp=False) and handles the result below, so do we.
@@ -133,4 +168,6 @@ def frechet_distance(a: FeatureStatistics, b: FeatureStatistics, eps: float = 1e
                 f"are ill-conditioned (too few samples for {a.dim}-d features?)"
             )
         covmean = covmean.real
-    return float(diff @ diff + np.trace(a.sigma) + np.trace(b.sigma) - 2.0 * np.trace(covmean))
+    distance = float(diff @ diff + np.trace(a.sigma) + np.trace(b.sigma) - 2.0 * np.trace(covmean))
+    # A distance is >= 0; identical statistics give round-off of either sign (e.g. -2.5e-07), reported as 0.
+    return max(distance, 0.0)

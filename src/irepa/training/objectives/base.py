@@ -63,6 +63,7 @@ from torch import nn
 from irepa.registry import Registry
 
 if TYPE_CHECKING:
+    from irepa.encoders import WeightLocations
     from irepa.training.alignment import AlignmentTerm
     from irepa.training.config import TrainConfig
     from irepa.training.data import TrainData
@@ -154,11 +155,14 @@ class ObjectiveContext:
         data: This process's data (``input_shape`` (C, h, w), ``image_size``, ``num_classes``, ``space``,
             ``model_input(batch, eps)``).
         device: The training device.
+        weight_locations: Where encoder weights (the teacher's) are looked for, as resolved at the CLI boundary
+            (``$IREPA_CACHE``, hub caches, offline switch); ``None`` = only ``teacher.cache_dir``.
     """
 
     config: TrainConfig
     data: TrainData
     device: torch.device
+    weight_locations: WeightLocations | None = None
 
 
 #: Objectives by config name (``objective.name``): classes with ``build(context)``.

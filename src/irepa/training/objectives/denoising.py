@@ -124,6 +124,7 @@ class DenoisingObjective(Objective):
             source_dim=model.hidden_size,
             what=cfg.model.name,
             device=context.device,
+            locations=context.weight_locations,
         )
         return cls(model, model_name=cfg.model.name, model_kwargs=kwargs, context=context, alignment=alignment)
 

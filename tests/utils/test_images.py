@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from irepa.data.images import (
+from irepa.errors import IrepaError
+from irepa.utils.images import (
     ReadStats,
     center_crop_adm,
     class_label_map,
@@ -10,7 +11,6 @@ from irepa.data.images import (
     list_images,
     load_image,
 )
-from irepa.errors import IrepaError
 
 
 def _save(path, arr, mode=None):

@@ -295,6 +295,7 @@ def run(args: argparse.Namespace) -> int:
     from irepa.metrics.generative.evaluator import label_balance, recipe_card_path
     from irepa.metrics.generative.npz import IndexedImageWriter
     from irepa.models.io import load_inference
+    from irepa.utils.device import resolve_device
     from irepa.utils.io import sha256_file, write_json
 
     if args.batch_size < 1:
@@ -305,10 +306,7 @@ def run(args: argparse.Namespace) -> int:
         raise IrepaError(f"{str(args.out)!r} exists; pass --overwrite to replace it")
     dist = _Dist(dict(os.environ))
     try:
-        if args.device:
-            device = args.device
-        else:
-            device = f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu"
+        device = str(resolve_device(args.device, local_rank=dist.local_rank))  # default: cuda:LOCAL_RANK or cpu
         started = time.time()
         # Weights stay float32; --dtype bfloat16/float16 runs the forward under autocast (times and the sampler state
         # stay full precision: a bf16 t would round 0.996 to 0.99609375).

@@ -355,3 +355,19 @@ def test_resume_with_another_process_count_logs_the_rng_warning(tmp_path, pixel_
     _, result = fit(run_dir, pixel_overrides(pixel_store, "train.max_steps=6"))
     assert result.step == 6
     assert "written by 2 process(es), this run has 1" in (run_dir / "log.txt").read_text()
+
+
+def test_non_finite_weights_are_never_checkpointed(tmp_path, pixel_store, pixel_overrides):
+    """Weights turned NaN by an update (finite gradients) stop the run at the next checkpoint, which is not written."""
+    run_dir = tmp_path / "run"
+    trainer = Trainer(resolve_config(overrides=pixel_overrides(pixel_store)), run_dir)
+
+    def poison(t):
+        with torch.no_grad():
+            next(t.unwrapped_model.parameters()).fill_(float("nan"))
+
+    trainer.add_hook("poison", 6, poison, at_end=False)
+    with pytest.raises(NonFiniteError, match=r"step 8: \d+ weight tensor\(s\) of model are non-finite .*step-0000004"):
+        trainer.fit()
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-0000004"]
+    assert not (run_dir / "snapshots" / "ema-0000008.safetensors").exists()

@@ -61,7 +61,7 @@ from irepa.training.distributed import (
     sync_gradients,
 )
 from irepa.training.ema import EMA
-from irepa.training.guard import NonFiniteGuard
+from irepa.training.guard import NonFiniteError, NonFiniteGuard
 from irepa.training.logging import MetricAccumulator, TrainLogger
 from irepa.training.signals import StopSignal
 from irepa.training.timing import StepTimer
@@ -568,6 +568,28 @@ class Trainer:
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
         }
 
+    def _check_weights_finite(self, what: str) -> None:
+        """Refuse to write ``what`` when any trained or EMA weight is NaN/inf.
+
+        The non-finite guard watches gradients; an update can still make weights non-finite (e.g. a huge learning
+        rate), and a checkpoint of such weights would replace the last good one.
+
+        Raises:
+            NonFiniteError: Naming the module, how many tensors are affected, one of them, and the last checkpoint.
+        """
+        parts = [(name, module) for name, module in self.modules.items()]
+        parts += [(f"ema.{name}", ema.module) for name, ema in self.emas.items()]
+        for name, module in parts:
+            with torch.no_grad():
+                state = module.state_dict()
+                bad = [key for key, p in state.items() if p.is_floating_point() and not p.isfinite().all()]
+            if bad:
+                kept = f"the last checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint"
+                raise NonFiniteError(
+                    f"step {self.step}: {len(bad)} weight tensor(s) of {name} are non-finite (e.g. {bad[0]}); not "
+                    f"writing the {what} ({kept}); lower optim.lr or check the data"
+                )
+
     def save_checkpoint(self) -> Path | None:
         """Write the full training state (collective: call on every process; rank 0 writes).
 
@@ -576,6 +598,7 @@ class Trainer:
         """
         from accelerate.utils import broadcast_object_list
 
+        self._check_weights_finite("checkpoint")  # same weights on every process: the same decision everywhere
         self._check_processes_in_sync()  # collective
         state = self._trainer_state()  # collective (RNG gather)
         error: str | None = None
@@ -634,6 +657,7 @@ class Trainer:
 
         path = self.snapshot_path(self.step)
         spec = self.snapshot_spec
+        self._check_weights_finite("EMA snapshot")
         if self.is_main:
             save_inference(
                 path,

@@ -229,7 +229,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--revision", default=None, help="Hub revision overriding the spec's")
     add_location_arguments(p)
 
-    from irepa.cli.analyze import add_measure_arguments
+    from irepa.cli.measure_args import add_measure_arguments
 
     p = sub.add_parser(
         "report",
@@ -268,7 +268,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     from irepa.analysis.report_card import encoder_report
-    from irepa.cli.analyze import measure_inputs, read_relation
+    from irepa.cli.measure_args import measure_inputs, read_relation
     from irepa.utils.device import resolve_device
 
     folder, options, probe = measure_inputs(args)

@@ -185,6 +185,36 @@ def test_bad_arguments(run_cli, snapshot, tmp_path, extra, message):
     assert res.code == 2 and message in res.err
 
 
+@pytest.mark.parametrize(
+    ("extra", "flag"),
+    [
+        (("--cfg-scale", "-3"), "--cfg-scale"),
+        (("--cfg-scale", "nan"), "--cfg-scale"),
+        (("--cfg-scale", "inf"), "--cfg-scale"),
+        (("--guidance-high", "nan"), "--guidance-high"),
+        (("--num-samples", "0"), "--num-samples"),
+    ],
+)
+def test_bad_arguments_write_nothing_and_the_corrected_command_runs(run_cli, snapshot, tmp_path, extra, flag):
+    out = tmp_path / "x.npz"
+    res = run_cli(*base_args(snapshot, out), *extra)
+    assert res.code == 2 and flag in res.err, res
+    assert len(res.err.strip().splitlines()) == 1, res.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no OUT, no OUT.work, no recipe card
+    res = run_cli(*base_args(snapshot, out))
+    assert res.code == 0, res
+    assert out.exists()
+
+
+def test_sampling_settings_reject_non_finite_cfg_scale():
+    from irepa.diffusion.generate import SamplingSettings
+    from irepa.errors import IrepaError
+
+    for bad in (float("nan"), float("inf"), -3.0):
+        with pytest.raises(IrepaError, match="cfg_scale"):
+            SamplingSettings(cfg_scale=bad)
+
+
 def test_bfloat16_forward_runs_and_is_recorded(run_cli, snapshot, tmp_path):
     out = tmp_path / "bf16.npz"
     res = run_cli(*base_args(snapshot, out), "--dtype", "bfloat16", "--sampler", "heun", "--steps", "2")

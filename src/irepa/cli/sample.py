@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import sys
 import time
@@ -138,6 +139,8 @@ class SampleRecipe:
             raise IrepaError(f"--num-samples must be >= 1, got {self.num_samples}")
         if self.steps < 1:
             raise IrepaError(f"--steps must be >= 1, got {self.steps}")
+        if not (math.isfinite(self.cfg_scale) and self.cfg_scale >= 0):
+            raise IrepaError(f"--cfg-scale must be a finite number >= 0, got {self.cfg_scale}")
         low, high = self.guidance_interval
         if not 0.0 <= low <= high <= 1.0:
             raise IrepaError(f"guidance interval [{low}, {high}] must satisfy 0 <= low <= high <= 1 (SiT time)")
@@ -211,6 +214,32 @@ def _launcher_world_size() -> int | None:
         raise IrepaError(f"environment variable WORLD_SIZE={value!r} is not an integer") from exc
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Reject bad numeric arguments with a one-line error naming the flag, before anything is loaded or written.
+
+    A run that failed here leaves no ``OUT.work/`` behind, so the corrected command starts cleanly.
+    """
+    for flag, value in (("--cfg-scale", args.cfg_scale), ("--guidance-low", args.guidance_low),
+                        ("--guidance-high", args.guidance_high)):  # fmt: skip
+        if not math.isfinite(value):
+            raise IrepaError(f"{flag} must be a finite number, got {value}")
+    if args.cfg_scale < 0:
+        raise IrepaError(f"--cfg-scale must be >= 0 (1: no guidance), got {args.cfg_scale}")
+    if not 0.0 <= args.guidance_low <= args.guidance_high <= 1.0:
+        raise IrepaError(
+            f"guidance interval --guidance-low {args.guidance_low} --guidance-high {args.guidance_high} must satisfy "
+            "0 <= low <= high <= 1 (SiT time)"
+        )
+    if args.num_samples < 1:
+        raise IrepaError(f"--num-samples must be >= 1, got {args.num_samples}")
+    if args.steps is not None and args.steps < 1:
+        raise IrepaError(f"--steps must be >= 1, got {args.steps}")
+    if args.seed < 0:
+        raise IrepaError(f"--seed must be >= 0, got {args.seed}")
+    if args.batch_size < 1:
+        raise IrepaError(f"--batch-size must be >= 1, got {args.batch_size}")
+
+
 def run(args: argparse.Namespace) -> int:
     """Generate the samples, assemble the ``.npz`` and write the recipe card."""
     from irepa import __version__
@@ -222,8 +251,7 @@ def run(args: argparse.Namespace) -> int:
     from irepa.utils.device import resolve_device
     from irepa.utils.io import sha256_file, write_json
 
-    if args.batch_size < 1:
-        raise IrepaError(f"--batch-size must be >= 1, got {args.batch_size}")
+    check_arguments(args)
     if not args.out.name.endswith(".npz"):
         raise IrepaError(f"--out {str(args.out)!r} must end in .npz (the ADM sample format)")
     if args.out.exists() and not args.overwrite:

@@ -42,6 +42,7 @@ velocity equals guidance on the x- or eps-prediction (JiT's CFG in x-space).
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -205,6 +206,8 @@ class SamplingSettings:
         SAMPLERS.canonical(self.sampler)
         if self.steps < 1:
             raise IrepaError(f"sampling steps must be >= 1, got {self.steps}")
+        if not (math.isfinite(self.cfg_scale) and self.cfg_scale >= 0):  # NaN passes every comparison test
+            raise IrepaError(f"cfg_scale must be a finite number >= 0 (1: no guidance), got {self.cfg_scale}")
         low, high = self.guidance_interval
         if not 0.0 <= low <= high <= 1.0:
             raise IrepaError(f"guidance interval [{low}, {high}] must satisfy 0 <= low <= high <= 1 (SiT time)")

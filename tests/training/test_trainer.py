@@ -371,3 +371,29 @@ def test_non_finite_weights_are_never_checkpointed(tmp_path, pixel_store, pixel_
         trainer.fit()
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-0000004"]
     assert not (run_dir / "snapshots" / "ema-0000008.safetensors").exists()
+
+
+@pytest.mark.parametrize("disk", ["real tmpfs", "faked ENOSPC"])
+def test_full_disk_at_the_snapshot_is_a_checkpoint_error(tmp_path, pixel_store, pixel_overrides, disk, request):
+    """A snapshot write that the file system refuses: one-line CheckpointError, no partial file, checkpoint kept."""
+    run_dir = tmp_path / "run"
+    snapshots = run_dir / "snapshots"
+    if disk == "real tmpfs":
+        fs = request.getfixturevalue("small_filesystem")(64)  # 64 KiB: the tiny model's snapshot does not fit
+        run_dir.mkdir()
+        snapshots.symlink_to(fs, target_is_directory=True)
+    else:
+        from irepa.utils import io
+
+        def full_disk(tensors, path, metadata=None):  # half the file reaches the disk, then ENOSPC
+            with io.atomic_write(path, "wb") as f:
+                f.write(b"\0" * 1024)
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+        request.getfixturevalue("monkeypatch").setattr(io, "save_safetensors", full_disk)
+    overrides = pixel_overrides(pixel_store, "train.max_steps=4", "train.snapshot_every_steps=4")
+    with pytest.raises(CheckpointError, match=r"could not write EMA snapshot .*ema-0000004.*No space left") as info:
+        fit(run_dir, overrides)
+    assert "\n" not in str(info.value)
+    assert list(snapshots.iterdir()) == []  # neither the snapshot nor its temporary file
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-0000004"]

@@ -104,7 +104,7 @@ def _usual_permissions(path: Path) -> None:
     os.chmod(path, 0o666 & ~umask)
 
 
-def _is_write_failure(exc: BaseException) -> bool:
+def is_write_failure(exc: BaseException) -> bool:
     """Whether ``exc`` raised by a writer means the file system refused the data (full disk, quota, I/O error).
 
     Each writer words it differently: ``OSError`` (ENOSPC, EDQUOT, EIO), safetensors' ``SafetensorError`` ("No space
@@ -250,7 +250,7 @@ class CheckpointManager:
             _fsync_dir(self.directory)
         except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
-            if _is_write_failure(exc):
+            if is_write_failure(exc):
                 previous = [s for s in self.steps() if s != step]
                 kept = f"the previous checkpoint {self.path(previous[-1]).name} is intact" if previous else "none kept"
                 raise CheckpointError(

@@ -652,27 +652,50 @@ class Trainer:
         return snapshot_path(self.run_dir, step)
 
     def save_snapshot(self) -> Path:
-        """Write the EMA inference snapshot for the current step (rank 0 writes; call on every process)."""
+        """Write the EMA inference snapshot for the current step (rank 0 writes; call on every process).
+
+        Raises:
+            CheckpointError: If the write failed on rank 0 (full disk, quota, I/O error); no partial file is left.
+        """
+        from accelerate.utils import broadcast_object_list
+
         from irepa.models.io import save_inference
+        from irepa.training.checkpoint import describe_write_failure, is_write_failure
 
         path = self.snapshot_path(self.step)
         spec = self.snapshot_spec
         self._check_weights_finite("EMA snapshot")
+        error: str | None = None
         if self.is_main:
-            save_inference(
-                path,
-                self.emas[spec.module].module,
-                model_name=spec.model_name,
-                model_kwargs=spec.model_kwargs,
-                metadata={
-                    "diffusion": dict(spec.diffusion),
-                    "space": self.objective.snapshot_space(path) or self.data.space_metadata(),
-                    "step": self.step,
-                    "ema": True,
-                    "config": to_dict(self.config),
-                    "extra": {"nimg": self.nimg, "ema_decay": self.config.train.ema_decay},
-                },
-            )
+            try:
+                save_inference(
+                    path,
+                    self.emas[spec.module].module,
+                    model_name=spec.model_name,
+                    model_kwargs=spec.model_kwargs,
+                    metadata={
+                        "diffusion": dict(spec.diffusion),
+                        "space": self.objective.snapshot_space(path) or self.data.space_metadata(),
+                        "step": self.step,
+                        "ema": True,
+                        "config": to_dict(self.config),
+                        "extra": {"nimg": self.nimg, "ema_decay": self.config.train.ema_decay},
+                    },
+                )
+            except Exception as exc:
+                if not is_write_failure(exc):
+                    raise
+                # atomic_write already removed its temporary file: no partial snapshot is left behind.
+                kept = f"checkpoint {self.last_checkpoint} is intact" if self.last_checkpoint else "no file was changed"
+                error = (
+                    f"could not write EMA snapshot {path} ({describe_write_failure(exc, path.parent)}); {kept}; free "
+                    "disk space or fix the folder, then rerun the same command to resume"
+                )
+        if self.world_size > 1:  # every process raises together instead of the others waiting at the barrier
+            error = broadcast_object_list([error])[0]
+        if error is not None:
+            raise CheckpointError(error)
+        if self.is_main:
             self.logger.info(f"EMA snapshot {path}")
         self.last_snapshot = path
         self.accelerator.wait_for_everyone()

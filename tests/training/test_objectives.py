@@ -183,3 +183,41 @@ def test_x_prediction_trains_and_its_snapshot_samples_through_the_adapter(tmp_pa
     assert meta["diffusion"] == {"path": "linear", "prediction": "x", "t_eps": 0.05}
     out = sampler.generate([0, 1], torch.tensor([0, 1]), SamplingSettings(sampler="euler", steps=2))
     assert out.finite.all() and out.images.shape == (2, 3, 32, 32)
+
+
+def test_every_recipe_builds_its_alignment_term_through_the_context(monkeypatch):
+    # One place builds the term, so the weight locations resolved at the CLI boundary ($IREPA_CACHE, hub caches)
+    # reach every recipe's teacher (JiT and MeanFlow once built it without them).
+    import ast
+    import types
+    from pathlib import Path
+
+    import irepa.training.objectives as objectives_pkg
+    from irepa.training.alignment import AlignmentTerm
+    from irepa.training.objectives.base import ObjectiveContext
+
+    for path in Path(objectives_pkg.__file__).parent.glob("*.py"):
+        if path.name == "base.py":
+            continue
+        calls = [
+            node
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.Attribute)
+            and node.attr == "from_config"
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "AlignmentTerm"
+        ]
+        assert not calls, f"{path.name} builds AlignmentTerm itself: use context.alignment_term(backbone)"
+
+    seen = {}
+    monkeypatch.setattr(AlignmentTerm, "from_config", classmethod(lambda cls, config, **kw: seen.update(kw) or "term"))
+    locations = object()
+    context = ObjectiveContext(
+        config=types.SimpleNamespace(model=types.SimpleNamespace(name="SiT-S/2")),
+        data=types.SimpleNamespace(image_size=(64, 64)),
+        device="cpu",
+        weight_locations=locations,
+    )
+    assert context.alignment_term(types.SimpleNamespace(grid=(4, 4), hidden_size=64)) == "term"
+    assert seen["locations"] is locations
+    assert (seen["image_size"], tuple(seen["grid"]), seen["source_dim"]) == (64, (4, 4), 64)

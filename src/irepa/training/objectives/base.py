@@ -164,6 +164,27 @@ class ObjectiveContext:
     device: torch.device
     weight_locations: WeightLocations | None = None
 
+    def alignment_term(self, backbone: nn.Module) -> AlignmentTerm | None:
+        """The ``align:``/``teacher:`` term for ``backbone``, or ``None`` when no encoders are configured.
+
+        Every recipe builds its term here, so the teacher resolution (``teacher.resolution`` or the image size),
+        the weight locations resolved at the CLI boundary and the grid check are the same for all of them.
+
+        Args:
+            backbone: The tapped model (its ``grid`` and ``hidden_size``).
+        """
+        from irepa.training.alignment import AlignmentTerm
+
+        return AlignmentTerm.from_config(
+            self.config,
+            image_size=self.data.image_size[0],
+            grid=backbone.grid,
+            source_dim=backbone.hidden_size,
+            what=self.config.model.name,
+            device=self.device,
+            locations=self.weight_locations,
+        )
+
 
 #: Objectives by config name (``objective.name``): classes with ``build(context)``.
 OBJECTIVES: Registry[type[Objective]] = Registry("objective")

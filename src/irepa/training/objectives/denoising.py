@@ -117,15 +117,7 @@ class DenoisingObjective(Objective):
         """The ``model:`` backbone and the ``align:`` term (see :class:`~irepa.training.objectives.Objective`)."""
         model, kwargs = build_backbone(context)
         cfg = context.config
-        alignment = AlignmentTerm.from_config(
-            cfg,
-            image_size=context.data.image_size[0],
-            grid=model.grid,
-            source_dim=model.hidden_size,
-            what=cfg.model.name,
-            device=context.device,
-            locations=context.weight_locations,
-        )
+        alignment = context.alignment_term(model)
         return cls(model, model_name=cfg.model.name, model_kwargs=kwargs, context=context, alignment=alignment)
 
     def trained_modules(self) -> dict[str, nn.Module]:

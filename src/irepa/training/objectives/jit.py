@@ -131,14 +131,7 @@ class JiTObjective(Objective):
         # JiT always has its RMSNorm QK-norm (model.qk_norm is SiT's switch; model.overrides.qk_norm=false disables).
         model_cfg = dataclasses.replace(cfg.model, qk_norm=True)
         model, kwargs = build_backbone(dataclasses.replace(context, config=dataclasses.replace(cfg, model=model_cfg)))
-        alignment = AlignmentTerm.from_config(
-            cfg,
-            image_size=context.data.image_size[0],
-            grid=model.grid,
-            source_dim=model.hidden_size,
-            what=cfg.model.name,
-            device=context.device,
-        )
+        alignment = context.alignment_term(model)
         settings = cfg.objective.settings
         return cls(model, model_name=cfg.model.name, model_kwargs=kwargs, context=context, settings=settings,
                    alignment=alignment)  # fmt: skip

@@ -173,14 +173,7 @@ class MeanFlowObjective(Objective):
         model_cfg = dataclasses.replace(cfg.model, overrides={**cfg.model.overrides, "time_interval": True})
         backbone_context = dataclasses.replace(context, config=dataclasses.replace(cfg, model=model_cfg))
         model, kwargs = build_backbone(backbone_context)
-        alignment = AlignmentTerm.from_config(
-            cfg,
-            image_size=context.data.image_size[0],
-            grid=model.grid,
-            source_dim=model.hidden_size,
-            what=cfg.model.name,
-            device=context.device,
-        )
+        alignment = context.alignment_term(model)
         return cls(model, model_name=cfg.model.name, model_kwargs=kwargs, context=context, alignment=alignment)
 
     def trained_modules(self) -> dict[str, nn.Module]:

@@ -230,9 +230,7 @@ class RepaEObjective(Objective):
         if settings.lpips_weight > 0:
             lpips = load_lpips(vgg=settings.lpips_vgg_weights, heads=settings.lpips_heads_weights,
                                repae_input_quirk=settings.repae_lpips_input_quirk)  # fmt: skip
-        alignment = AlignmentTerm.from_config(cfg, image_size=size[0], grid=sit.grid, source_dim=sit.hidden_size,
-                                              what=cfg.model.name, device=context.device,
-                                              locations=context.weight_locations)  # fmt: skip
+        alignment = context.alignment_term(sit)
         objective = cls(context, vae=vae.train(), sit=sit, sit_kwargs=dict(sit.config), latent_bn=latent_bn,
                         discriminator=discriminator, lpips=lpips, alignment=alignment)  # fmt: skip
         return objective.to(context.device)

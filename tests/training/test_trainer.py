@@ -397,3 +397,19 @@ def test_full_disk_at_the_snapshot_is_a_checkpoint_error(tmp_path, pixel_store, 
     assert "\n" not in str(info.value)
     assert list(snapshots.iterdir()) == []  # neither the snapshot nor its temporary file
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-0000004"]
+
+
+def test_resume_writes_the_missing_snapshot_of_the_checkpoint_step(tmp_path, pixel_store, pixel_overrides):
+    """Killed between the checkpoint and its snapshot: the resume writes that snapshot and drops stale temporaries."""
+    run_dir = tmp_path / "run"
+    fit(run_dir, pixel_overrides(pixel_store, "train.max_steps=4", "train.snapshot_every_steps=4"))
+    snapshots = run_dir / "snapshots"
+    (snapshots / "ema-0000004.safetensors").unlink()
+    (snapshots / ".ema-0000004.safetensors.x1y2.tmp").write_bytes(b"\0" * 100)  # a write killed half-way
+    trainer, result = fit(run_dir, pixel_overrides(pixel_store, "train.max_steps=8", "train.snapshot_every_steps=4"))
+    assert trainer._resumed_from.step == 4 and result.step == 8
+    assert sorted(p.name for p in snapshots.iterdir()) == ["ema-0000004.safetensors", "ema-0000008.safetensors"]
+    from safetensors import safe_open
+
+    with safe_open(snapshots / "ema-0000004.safetensors", "pt") as f:
+        assert f.metadata()["step"] == "4"

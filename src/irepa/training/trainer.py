@@ -334,9 +334,21 @@ class Trainer:
         cfg = self.config
         if self.is_main:
             self.checkpoints.remove_stale_temporaries()
+            # A snapshot write killed half-way leaves its atomic_write temporary behind (".ema-<step>...tmp").
+            for stale in self.snapshot_path(0).parent.glob(".ema-*.tmp"):
+                stale.unlink(missing_ok=True)
             write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
         self.accelerator.wait_for_everyone()
         self._print_summary()
+        every = cfg.train.snapshot_every_steps
+        if (
+            self._resumed_from is not None
+            and every > 0
+            and self.step > 0
+            and self.step % every == 0
+            and not self.snapshot_path(self.step).exists()
+        ):  # the run stopped (SIGTERM, SIGKILL, full disk) between the checkpoint and its snapshot: write it now
+            self.save_snapshot()
         hooks = [
             Hook("checkpoint", cfg.train.checkpoint_every_steps, lambda t: t.save_checkpoint()),
             Hook("snapshot", cfg.train.snapshot_every_steps, lambda t: t.save_snapshot()),

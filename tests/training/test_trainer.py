@@ -413,3 +413,19 @@ def test_resume_writes_the_missing_snapshot_of_the_checkpoint_step(tmp_path, pix
 
     with safe_open(snapshots / "ema-0000004.safetensors", "pt") as f:
         assert f.metadata()["step"] == "4"
+
+
+def test_stop_signal_at_a_snapshot_step_still_writes_the_snapshot_and_runs_hooks(
+    tmp_path, pixel_store, pixel_overrides
+):
+    import os
+    import signal
+
+    overrides = pixel_overrides(pixel_store, "train.snapshot_every_steps=3")
+    trainer = Trainer(resolve_config(overrides=overrides), tmp_path)
+    seen = []
+    trainer.add_hook("term", 2, lambda t: os.kill(os.getpid(), signal.SIGTERM) if t.step == 2 else None)
+    trainer.add_hook("probe", 3, lambda t: seen.append(t.step))
+    result = trainer.fit()  # the signal arrives after step 2; the loop stops after step 3
+    assert result.status == "interrupted" and result.step == 3
+    assert (tmp_path / "snapshots" / "ema-0000003.safetensors").exists() and seen == [3]

@@ -372,6 +372,9 @@ class Trainer:
                     "writing a checkpoint (rerun the same command to resume)"
                 )
                 self.save_checkpoint()
+                for hook in hooks[1:]:  # what else is due at this step (snapshot, user hooks) still runs
+                    if hook.due(self.step, False):
+                        hook.fn(self)
                 signal = self._stop.received or "SIGTERM"  # another process may have received it
                 return FitResult("interrupted", self.step, self.nimg, self.last_checkpoint, self.last_snapshot, signal)
             for hook in hooks:

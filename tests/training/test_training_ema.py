@@ -57,3 +57,19 @@ def test_ema_is_float32_for_low_precision_models():
     assert ema.module[0].weight.dtype == torch.float32
     ema.update(net)
     assert ema.module[0].weight.dtype == torch.float32
+
+
+def test_update_with_a_device_keep_flag_is_bit_identical_or_a_no_op():
+    net = _net()
+    plain, kept, dropped = (EMA(net, decay=0.9999) for _ in range(3))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p))
+    net(torch.randn(8, 3))  # moves the BatchNorm running statistics (buffers)
+    plain.update(net)
+    kept.update(net, keep=torch.tensor(True))
+    before = {k: v.clone() for k, v in dropped.state_dict().items()}
+    dropped.update(net, keep=torch.tensor(False))
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), kept.state_dict().values()))
+    assert all(torch.equal(v, before[k]) for k, v in dropped.state_dict().items())
+    assert not torch.equal(plain.state_dict()["1.running_mean"], before["1.running_mean"])

@@ -26,6 +26,13 @@ def test_accumulator_means_and_reduce():
     assert acc.compute() == {} and len(acc) == 0
 
 
+def test_accumulator_leaves_out_observations_flagged_on_the_device():
+    acc = MetricAccumulator()
+    for value, keep in ((1.0, True), (float("nan"), False), (3.0, True)):
+        acc.add({"loss": torch.tensor(value)}, keep=torch.tensor(keep))
+    assert acc.compute() == {"loss": 2.0}
+
+
 def test_format_metrics():
     line = format_metrics({"loss": 0.51234, "nimg": 2048.0, "lr": 1e-4, "bad": float("nan")}, 12, 100)
     assert line == "step 12/100  loss 0.5123  nimg 2048  lr 1.000e-04  bad nan"

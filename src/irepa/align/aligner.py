@@ -293,7 +293,8 @@ class RepresentationAligner(nn.Module):
             "align": loss * weight,
             "align_loss": loss,
             "align_cos": torch.stack(cosines).mean(),
-            "align_weight": torch.tensor(weight, dtype=torch.float32, device=source.device),
+            # full, not tensor: a fill kernel, where torch.tensor(..., device=cuda) copies from host memory and waits
+            "align_weight": torch.full((), weight, dtype=torch.float32, device=source.device),
         }
         if len(self.encoder_names) > 1:
             for name, cos in zip(self.encoder_names, cosines):

@@ -203,6 +203,10 @@ class OptimConfig:
     """Images per optimizer step over all processes; the per-device batch is derived (and printed at start)."""
     grad_accumulation: int = 1
     """Micro-steps per optimizer step (per-device batch = global / (processes × accumulation))."""
+    fused: bool = False
+    """PyTorch's fused AdamW kernel instead of its default implementation (multi-tensor on CUDA, for-loop on the
+    CPU; the official recipes' choice). The update is 3-4x faster on the CPU (docs/benchmarks.md) but rounds
+    differently in the last bits, so runs are not bit-identical to the default; may change on resume."""
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
@@ -380,6 +384,7 @@ RESUMABLE_KEYS: tuple[str, ...] = (
     "train.preview_samples",
     "train.compile",
     "train.device",
+    "optim.fused",
     "data.images",
     "data.latents",
     "data.num_workers",

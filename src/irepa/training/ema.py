@@ -42,22 +42,29 @@ class EMA:
         self._buffer_names = [name for name, _ in self.module.named_buffers()]
 
     @torch.no_grad()
-    def update(self, module: nn.Module, decay: float | None = None) -> None:
+    def update(self, module: nn.Module, decay: float | None = None, *, keep: torch.Tensor | None = None) -> None:
         """Move the EMA towards ``module``'s current weights (same architecture, same parameter order).
 
         Args:
             module: The trained module (unwrapped from DDP / compile).
             decay: Overrides the decay for this update.
+            keep: 0-d bool tensor on the EMA's device: ``False`` makes the update a no-op without a host sync
+                (the trainer's skipped steps). ``True`` gives bit for bit the update without ``keep``.
         """
         decay = self.decay if decay is None else decay
         params = dict(module.named_parameters())
         ema_params = [p for _, p in self.module.named_parameters()]
         src = [params[name].detach().float() for name in self._names]  # .float() is free for float32 weights
         if ema_params:
-            torch._foreach_lerp_(ema_params, src, 1.0 - decay)
+            if keep is None:
+                torch._foreach_lerp_(ema_params, src, 1.0 - decay)
+            else:  # a tensor weight rounds like the scalar one: 0-d float32 (1 - decay) or exactly 0
+                weight = keep.float() * (1.0 - decay)
+                torch._foreach_lerp_(ema_params, src, [weight] * len(ema_params))
         buffers = dict(module.named_buffers())
         for name, buf in self.module.named_buffers():
-            buf.copy_(buffers[name])  # running statistics, counters, fixed tables: copied, not averaged
+            # running statistics, counters, fixed tables: copied, not averaged
+            buf.copy_(buffers[name] if keep is None else torch.where(keep, buffers[name], buf))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The EMA weights under the tracked module's state-dict names."""

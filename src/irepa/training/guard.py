@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from irepa.errors import IrepaError
 
 __all__ = ["NonFiniteError", "NonFiniteGuard"]
@@ -38,6 +40,8 @@ class NonFiniteGuard:
         self.patience = patience
         self.skipped = 0
         self.consecutive = 0
+        self._device_consecutive: torch.Tensor | None = None  # observe_on_device's state
+        self._device_tripped: torch.Tensor | None = None
 
     def observe(self, finite: bool, *, step: int, hint: str = "") -> bool:
         """Record one step; returns ``True`` if it must be skipped.
@@ -58,6 +62,27 @@ class NonFiniteGuard:
             )
         return True
 
+    def observe_on_device(self, nonfinite: torch.Tensor) -> torch.Tensor:
+        """Record one step without a host sync (the trainer with ``optim.fused``); returns whether to skip its update.
+
+        Only the consecutive count is kept on the device, to freeze every update from the ``patience``-th
+        non-finite step in a row on (the weights stay those before it); the caller replays the recorded flags
+        through :meth:`observe` at its next host sync, which counts, warns and raises as if it had run every step.
+
+        Args:
+            nonfinite: 0-d bool device tensor: this step's gradients are non-finite.
+
+        Returns:
+            0-d bool device tensor: skip this update (non-finite, or the guard has tripped).
+        """
+        if self._device_consecutive is None or self._device_consecutive.device != nonfinite.device:
+            # torch.full launches a fill; torch.tensor(..., device=cuda) would copy from host memory and wait
+            self._device_consecutive = torch.full((), self.consecutive, device=nonfinite.device)
+            self._device_tripped = torch.full((), self.consecutive >= self.patience, device=nonfinite.device)
+        self._device_consecutive = (self._device_consecutive + 1) * nonfinite
+        self._device_tripped = self._device_tripped | (self._device_consecutive >= self.patience)
+        return nonfinite | self._device_tripped
+
     def state_dict(self) -> dict[str, Any]:
         """Counters, for checkpoints."""
         return {"skipped": self.skipped, "consecutive": self.consecutive}
@@ -66,3 +91,4 @@ class NonFiniteGuard:
         """Restore counters saved by :meth:`state_dict`."""
         self.skipped = int(state["skipped"])
         self.consecutive = int(state["consecutive"])
+        self._device_consecutive = self._device_tripped = None

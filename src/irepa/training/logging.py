@@ -53,18 +53,28 @@ class MetricAccumulator:
 
     def __init__(self) -> None:
         self._sums: dict[str, torch.Tensor] = {}
-        self._counts: dict[str, int] = {}
+        self._counts: dict[str, int | torch.Tensor] = {}
 
-    def add(self, metrics: Mapping[str, torch.Tensor | float]) -> None:
-        """Add one observation per metric (scalar tensors are detached and kept in float32 on their device)."""
+    def add(self, metrics: Mapping[str, torch.Tensor | float], *, keep: torch.Tensor | None = None) -> None:
+        """Add one observation per metric (scalar tensors are detached and kept in float32 on their device).
+
+        Args:
+            metrics: Name → scalar.
+            keep: 0-d bool tensor: ``False`` leaves the means unchanged without a host sync (skipped steps); the
+                counts are then kept on the device too.
+        """
         for name, value in metrics.items():
             value = value.detach().float() if isinstance(value, torch.Tensor) else torch.tensor(float(value))
+            count: int | torch.Tensor = 1
+            if keep is not None:
+                value = torch.where(keep, value, torch.zeros_like(value))
+                count = keep.float()
             if name in self._sums:
                 self._sums[name] = self._sums[name] + value
-                self._counts[name] += 1
+                self._counts[name] = self._counts[name] + count
             else:
                 self._sums[name] = value.clone()
-                self._counts[name] = 1
+                self._counts[name] = count
 
     def __len__(self) -> int:
         return len(self._sums)

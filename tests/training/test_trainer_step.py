@@ -1,0 +1,160 @@
+"""The trainer step's speed-related choices: the AdamW implementation (numerics are pinned by the denoising fixture)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from irepa.training.config import resolve_config
+from irepa.training.trainer import Trainer
+
+
+def test_adamw_is_pytorch_default_unless_fused_is_asked_for(tmp_path, pixel_store, pixel_overrides):
+    # The default's numerics are pinned by tests/training/test_denoising_fixture.py (every AdamW moment).
+    default = Trainer(resolve_config(overrides=pixel_overrides(pixel_store)), tmp_path / "default")
+    assert all(o.defaults["foreach"] is None and not o.defaults["fused"] for o in default.optimizers.values())
+    overrides = pixel_overrides(pixel_store, "optim.fused=true", "train.max_steps=2", "train.checkpoint_every_steps=0")
+    trainer = Trainer(resolve_config(overrides=overrides), tmp_path / "fused")
+    assert all(o.defaults["fused"] for o in trainer.optimizers.values())
+    result = trainer.fit()
+    assert result.status == "completed" and result.step == 2
+    rows = [json.loads(line) for line in (tmp_path / "fused" / "metrics.jsonl").read_text().splitlines()]
+    assert rows and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
+
+
+# Tensor methods that read a value on the host: on a GPU each waits for the device (a host-device sync).
+_HOST_READS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "numpy", "cpu")
+
+
+def _forbid_host_reads(monkeypatch, active):
+    """Make every host read of a tensor raise while ``active()``; returns the list of offending calls."""
+    seen = []
+    for name in _HOST_READS:
+        original = getattr(torch.Tensor, name)
+
+        def guarded(self, *args, _name=name, _original=original, **kwargs):
+            if active():
+                seen.append(_name)
+                raise AssertionError(f"host read Tensor.{_name} inside a training step")
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, guarded)
+    return seen
+
+
+def test_fused_steps_read_nothing_from_the_device(tmp_path, pixel_store, pixel_overrides, monkeypatch):
+    overrides = pixel_overrides(pixel_store, "optim.fused=true", "train.max_steps=5", "train.log_every_steps=3")
+    trainer = Trainer(resolve_config(overrides=overrides), tmp_path)
+    assert trainer.deferred_guard
+    inside = []
+    original_step = trainer.train_step
+
+    def step(batches):
+        inside.append(True)
+        try:
+            return original_step(batches)
+        finally:
+            inside.pop()
+
+    trainer.train_step = step
+    seen = _forbid_host_reads(monkeypatch, lambda: bool(inside))
+    result = trainer.fit()  # the log intervals (steps 3, 5) and the final checkpoint read outside the steps
+    assert result.status == "completed" and result.step == 5 and not seen
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [3, 5] and all(r["nonfinite_skipped"] == 0 for r in rows)
+
+
+def test_the_detector_catches_the_default_steps_host_read(tmp_path, pixel_store, pixel_overrides, monkeypatch):
+    # The same check on the default (non-fused) step fails: it reads the guard's flags every step.
+    trainer = Trainer(resolve_config(overrides=pixel_overrides(pixel_store, "train.max_steps=1")), tmp_path)
+    assert not trainer.deferred_guard
+    batches = trainer.data.iterator()
+    seen = _forbid_host_reads(monkeypatch, lambda: True)
+    with pytest.raises(AssertionError, match=r"host read Tensor\.tolist inside a training step"):
+        trainer.train_step(batches)
+    assert seen == ["tolist"]
+
+
+def test_fused_non_finite_step_is_skipped_on_the_device(tmp_path, pixel_store, pixel_overrides):
+    overrides = pixel_overrides(pixel_store, "optim.fused=true", "train.max_steps=4")
+    trainer = Trainer(resolve_config(overrides=overrides), tmp_path)
+    original = trainer.data.model_input
+    before = {}
+
+    def poisoned(batch, eps):
+        x0 = original(batch, eps)
+        if trainer.step == 2:  # the third step's batch holds a NaN
+            before["model"] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+            before["ema"] = {k: v.clone() for k, v in trainer.ema.state_dict().items()}
+            before["adam"] = [v.clone() for s in trainer.optimizers["main"].state.values() for v in s.values()]
+            x0[0, 0, 0, 0] = float("nan")
+        return x0
+
+    trainer.data.model_input = poisoned
+    original_step = trainer.train_step
+
+    def step_and_check(batches):
+        out = original_step(batches)
+        if trainer.step == 3:  # the poisoned step changed nothing: weights, EMA, AdamW moments and step counts
+            for k, v in trainer.model.state_dict().items():
+                assert torch.equal(v, before["model"][k]), k
+            for k, v in trainer.ema.state_dict().items():
+                assert torch.equal(v, before["ema"][k]), k
+            after = [v for s in trainer.optimizers["main"].state.values() for v in s.values()]
+            assert all(torch.equal(a, b) for a, b in zip(after, before["adam"], strict=True))
+        return out
+
+    trainer.train_step = step_and_check
+    result = trainer.fit()
+    assert result.status == "completed" and trainer.guard.skipped == 1
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["nonfinite_skipped"] for r in rows] == [0, 1]
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
+    assert "step 3: skipped, non-finite gradients (non-finite terms: " in (tmp_path / "log.txt").read_text()
+
+
+def test_fused_patience_raises_at_the_next_log_interval(tmp_path, pixel_store, pixel_overrides):
+    from irepa.training.guard import NonFiniteError
+
+    overrides = pixel_overrides(pixel_store, "optim.fused=true", "train.nonfinite_patience=2")
+    trainer = Trainer(resolve_config(overrides=overrides), tmp_path)
+    finite = trainer.data.model_input
+    trainer.data.model_input = lambda batch, eps: finite(batch, eps) * (float("nan") if trainer.step in (1, 2) else 1)
+    after_step_1 = {}
+
+    def keep_step_1(t):
+        if t.step == 1:
+            after_step_1.update({k: v.clone() for k, v in t.model.state_dict().items()})
+
+    trainer.add_hook("probe", 1, keep_step_1, at_end=False)
+    with pytest.raises(NonFiniteError, match=r"stopped at step 3: 2 consecutive steps .*non-finite terms: .*denoise"):
+        trainer.fit()
+    # Steps 2 and 3 were non-finite: the guard tripped at step 3 and froze every update from then on (step 4's
+    # finite gradients included); the error came at the next host read, the log interval of step 4.
+    assert trainer.step == 4 and trainer.guard.skipped == 2
+    assert all(torch.equal(v, after_step_1[k]) for k, v in trainer.model.state_dict().items())
+    assert "step 2: skipped, non-finite gradients" in (tmp_path / "log.txt").read_text()
+
+
+@pytest.mark.gpu
+def test_fused_cuda_steps_do_not_synchronize(tmp_path, pixel_store, pixel_overrides):
+    # CUDA's own detector: any stream/device synchronization inside steps 2-3 raises (step 1 initializes state).
+    overrides = pixel_overrides(
+        pixel_store, "optim.fused=true", "train.device=cuda", "train.max_steps=3", "train.log_every_steps=3"
+    )
+    trainer = Trainer(resolve_config(overrides=overrides), tmp_path)
+    original_step = trainer.train_step
+
+    def step(batches):
+        if trainer.step == 0:
+            return original_step(batches)
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            return original_step(batches)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+    trainer.train_step = step
+    assert trainer.fit().step == 3

@@ -168,7 +168,30 @@ def test_nan_batch_is_skipped_and_counted(tmp_path, pixel_store, monkeypatch, pi
     assert result.status == "completed" and trainer.guard.skipped == 1
     last = records(tmp_path)[-1]
     assert last["nonfinite_skipped"] == 1 and torch.isfinite(torch.tensor(last["loss"]))
-    assert "step 3: skipped, non-finite gradients (non-finite terms: " in (tmp_path / "log.txt").read_text()
+    log = (tmp_path / "log.txt").read_text()
+    # The pixel inputs themselves were finite (the NaN came later), so the warning lists the step's samples.
+    assert "step 3: skipped, non-finite gradients (non-finite terms: denoise" in log
+    assert "; inputs finite, samples of the step: " in log
+
+
+def test_nan_latents_name_their_samples(tmp_path, latent_stores, latent_overrides):
+    """A latent store holding NaN moments: the skipped step's warning names the dataset indices to inspect."""
+    trainer = Trainer(resolve_config(overrides=latent_overrides(latent_stores, "train.max_steps=3")), tmp_path)
+    original = trainer.data.next_batch
+    poisoned: list[int] = []
+
+    def next_batch():
+        batch = original()
+        if trainer.step == 1:
+            batch["moments"][1, 0, 2, 3] = float("nan")  # one value of one sample's stored moments
+            poisoned.append(int(batch["index"][1]))
+        return batch
+
+    trainer.data.next_batch = next_batch
+    assert trainer.fit().status == "completed" and trainer.guard.skipped == 1
+    log = (tmp_path / "log.txt").read_text()
+    assert "step 2: skipped, non-finite gradients (non-finite terms: denoise" in log
+    assert f"; non-finite inputs: samples {poisoned[0]} of the data store)" in log
 
 
 def test_nan_patience_stops_with_a_message(tmp_path, pixel_store, pixel_overrides):

@@ -438,6 +438,19 @@ def test_resume_writes_the_missing_snapshot_of_the_checkpoint_step(tmp_path, pix
         assert f.metadata()["step"] == "4"
 
 
+def test_resume_names_earlier_snapshots_it_cannot_rebuild(tmp_path, pixel_store, pixel_overrides):
+    """A snapshot removed before the checkpoint step cannot come back from the checkpoint's EMA: the log says so."""
+    run_dir = tmp_path / "run"
+    fit(run_dir, pixel_overrides(pixel_store, "train.max_steps=4", "train.snapshot_every_steps=2"))
+    (run_dir / "snapshots" / "ema-0000002.safetensors").unlink()
+    (run_dir / "snapshots" / "ema-0000004.safetensors").unlink()
+    fit(run_dir, pixel_overrides(pixel_store, "train.max_steps=6", "train.snapshot_every_steps=2"))
+    names = sorted(p.name for p in (run_dir / "snapshots").iterdir())
+    assert names == ["ema-0000004.safetensors", "ema-0000006.safetensors"]  # step 4 rebuilt from its checkpoint
+    log = (run_dir / "log.txt").read_text()
+    assert "EMA snapshot(s) of step 2 are missing from " in log and "cannot be rebuilt (checkpoint step-0000004" in log
+
+
 def test_stop_signal_at_a_snapshot_step_still_writes_the_snapshot_and_runs_hooks(
     tmp_path, pixel_store, pixel_overrides
 ):

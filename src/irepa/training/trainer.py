@@ -340,15 +340,8 @@ class Trainer:
             write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
         self.accelerator.wait_for_everyone()
         self._print_summary()
-        every = cfg.train.snapshot_every_steps
-        if (
-            self._resumed_from is not None
-            and every > 0
-            and self.step > 0
-            and self.step % every == 0
-            and not self.snapshot_path(self.step).exists()
-        ):  # the run stopped (SIGTERM, SIGKILL, full disk) between the checkpoint and its snapshot: write it now
-            self.save_snapshot()
+        if self._resumed_from is not None and self.step > 0:
+            self._complete_snapshots()
         hooks = [
             Hook("checkpoint", cfg.train.checkpoint_every_steps, lambda t: t.save_checkpoint()),
             Hook("snapshot", cfg.train.snapshot_every_steps, lambda t: t.save_snapshot()),
@@ -696,6 +689,33 @@ class Trainer:
     def snapshot_path(self, step: int) -> Path:
         """Where the EMA snapshot of ``step`` is written."""
         return snapshot_path(self.run_dir, step)
+
+    def _complete_snapshots(self) -> None:
+        """On resume: every EMA snapshot due up to the checkpoint's step exists, or the log says which cannot.
+
+        The snapshot of the checkpoint's own step is written from the checkpoint's EMA when missing (the run stopped
+        by SIGTERM, SIGKILL or a full disk between the checkpoint and its snapshot). An earlier one cannot be rebuilt,
+        since a checkpoint holds the EMA of its own step only; the trainer never loses one (a failed snapshot write
+        stops the run before any later checkpoint), so a gap means the file was removed: a warning names it.
+        """
+        every = self.config.train.snapshot_every_steps
+        if every > 0 and self.step % every == 0 and not self.snapshot_path(self.step).exists():
+            self.save_snapshot()
+        if not self.is_main:
+            return
+        # The interval in force when the checkpoint was written (the setting may change on resume).
+        old_config = yaml.safe_load(self._resumed_from.texts.get("config.yaml", "")) or {}
+        old_every = int((old_config.get("train") or {}).get("snapshot_every_steps", every) or 0)
+        if old_every <= 0:
+            return
+        written = {path.name for path in self.snapshot_path(0).parent.glob("ema-*.safetensors")}
+        missing = [s for s in range(old_every, self.step, old_every) if self.snapshot_path(s).name not in written]
+        if missing:
+            self.logger.warning(
+                f"EMA snapshot(s) of step {_some(missing)} are missing from {self.snapshot_path(0).parent} and cannot "
+                f"be rebuilt (checkpoint {self._resumed_from.path.name} holds the EMA of step {self.step} only); "
+                "restore them from a copy if you need them"
+            )
 
     def save_snapshot(self) -> Path:
         """Write the EMA inference snapshot for the current step (rank 0 writes; call on every process).

@@ -340,15 +340,8 @@ class Trainer:
             write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
         self.accelerator.wait_for_everyone()
         self._print_summary()
-        every = cfg.train.snapshot_every_steps
-        if (
-            self._resumed_from is not None
-            and every > 0
-            and self.step > 0
-            and self.step % every == 0
-            and not self.snapshot_path(self.step).exists()
-        ):  # the run stopped (SIGTERM, SIGKILL, full disk) between the checkpoint and its snapshot: write it now
-            self.save_snapshot()
+        if self._resumed_from is not None and self.step > 0:
+            self._complete_snapshots()
         hooks = [
             Hook("checkpoint", cfg.train.checkpoint_every_steps, lambda t: t.save_checkpoint()),
             Hook("snapshot", cfg.train.snapshot_every_steps, lambda t: t.save_snapshot()),
@@ -401,7 +394,7 @@ class Trainer:
         accum = cfg.optim.grad_accumulation
         # The step's randomness for the whole global batch, from the one generator (same state on every process).
         draws = self.objective.draw(cfg.optim.global_batch_size, self.generator, self.device)
-        micro_batches: list[dict[str, torch.Tensor]] = []  # kept for later phases only
+        micro_batches: list[dict[str, torch.Tensor]] = []  # the step's data, kept until the step ends
         fetched = 0
         multi = len(self.phases) > 1
         terms_sum: dict[str, torch.Tensor] = {}
@@ -422,8 +415,7 @@ class Trainer:
                         batch = next(batches)
                     batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
                     fetched += 1
-                    if multi:
-                        micro_batches.append(batch)
+                    micro_batches.append(batch)  # later phases reuse them; a non-finite step names their samples
                 # This process's samples of the global batch: positions r, r + W, r + 2W, ... (the sampler's layout).
                 positions = (
                     torch.arange(micro * self.batch_size, (micro + 1) * self.batch_size, device=self.device)
@@ -450,7 +442,9 @@ class Trainer:
                 if every and (self.step + 1) % every == 0:
                     grads = {self._param_names.get(id(p), str(i)): p.grad for i, p in enumerate(params)}
                     check_replicas_in_sync(grads, what="gradients", step=self.step + 1)
-            phase_skipped, phase_stop, grad_norm = self._step_optimizer(optimizer, params, phase.optimizer, terms_sum)
+            phase_skipped, phase_stop, grad_norm = self._step_optimizer(
+                optimizer, params, phase.optimizer, terms_sum, micro_batches
+            )
             grad_norms[prefix + "grad_norm"] = grad_norm
             skipped, stop = skipped or phase_skipped, stop or phase_stop
 
@@ -471,8 +465,13 @@ class Trainer:
         params: list[nn.Parameter],
         name: str,
         terms: dict[str, torch.Tensor],
+        batches: list[dict[str, torch.Tensor]],
     ) -> tuple[bool, bool, torch.Tensor]:
-        """Clip, check and apply one optimizer's accumulated gradients. Returns ``(skipped, stop, grad_norm)``."""
+        """Clip, check and apply one optimizer's accumulated gradients. Returns ``(skipped, stop, grad_norm)``.
+
+        ``terms`` (the step's summed loss terms) and ``batches`` (its micro-batches) only serve the warning of a
+        non-finite step.
+        """
         cfg = self.config
         if self.scaler is not None:
             self.scaler.unscale_(optimizer)
@@ -488,7 +487,7 @@ class Trainer:
         if self.world_size > 1:
             flags = self.accelerator.reduce(flags, reduction="sum")
         nonfinite, stop = (bool(v > 0) for v in flags.tolist())
-        hint = _nonfinite_terms(terms) if nonfinite else ""
+        hint = f" ({_nonfinite_terms(terms)}; {self._nonfinite_samples(batches)})" if nonfinite else ""
         where = f" of optimizer {name!r}" if len(self.optimizers) > 1 else ""
         skip = self.guard.observe(not nonfinite, step=self.step + 1, hint=hint)
         if skip:
@@ -504,6 +503,31 @@ class Trainer:
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return skip, stop, grad_norm
+
+    def _nonfinite_samples(self, batches: list[dict[str, torch.Tensor]]) -> str:
+        """``non-finite inputs: samples 12, 40 ...`` or ``inputs finite, samples of the step: 3, 7, ...``.
+
+        Names dataset indices (``batch["index"]``) over all processes, so that the bad data can be found in the store.
+        A collective: every process calls it, as every process agrees that the step is non-finite.
+        """
+        indices, bad = [], []
+        for batch in batches:
+            rows = torch.zeros(len(batch["index"]), dtype=torch.bool, device=self.device)
+            for value in batch.values():
+                if value.is_floating_point():  # latent moments (uint8 images cannot hold NaN)
+                    rows |= ~torch.isfinite(value.flatten(1)).all(dim=1)
+            indices.append(batch["index"])
+            bad.append(rows)
+        if not indices:
+            return "no data read"
+        index, flag = torch.cat(indices), torch.cat(bad)
+        if self.world_size > 1:
+            index, flag = self.accelerator.gather(index), self.accelerator.gather(flag)
+        index, flag = index.tolist(), flag.tolist()
+        named = [i for i, b in zip(index, flag, strict=True) if b]
+        if named:
+            return f"non-finite inputs: samples {_some(sorted(named))} of the data store"
+        return f"inputs finite, samples of the step: {_some(sorted(index))}"
 
     def _lr_scale(self, step: int) -> float:
         """Warmup factor of every optimizer's learning rate at ``step``."""
@@ -666,6 +690,33 @@ class Trainer:
         """Where the EMA snapshot of ``step`` is written."""
         return snapshot_path(self.run_dir, step)
 
+    def _complete_snapshots(self) -> None:
+        """On resume: every EMA snapshot due up to the checkpoint's step exists, or the log says which cannot.
+
+        The snapshot of the checkpoint's own step is written from the checkpoint's EMA when missing (the run stopped
+        by SIGTERM, SIGKILL or a full disk between the checkpoint and its snapshot). An earlier one cannot be rebuilt,
+        since a checkpoint holds the EMA of its own step only; the trainer never loses one (a failed snapshot write
+        stops the run before any later checkpoint), so a gap means the file was removed: a warning names it.
+        """
+        every = self.config.train.snapshot_every_steps
+        if every > 0 and self.step % every == 0 and not self.snapshot_path(self.step).exists():
+            self.save_snapshot()
+        if not self.is_main:
+            return
+        # The interval in force when the checkpoint was written (the setting may change on resume).
+        old_config = yaml.safe_load(self._resumed_from.texts.get("config.yaml", "")) or {}
+        old_every = int((old_config.get("train") or {}).get("snapshot_every_steps", every) or 0)
+        if old_every <= 0:
+            return
+        written = {path.name for path in self.snapshot_path(0).parent.glob("ema-*.safetensors")}
+        missing = [s for s in range(old_every, self.step, old_every) if self.snapshot_path(s).name not in written]
+        if missing:
+            self.logger.warning(
+                f"EMA snapshot(s) of step {_some(missing)} are missing from {self.snapshot_path(0).parent} and cannot "
+                f"be rebuilt (checkpoint {self._resumed_from.path.name} holds the EMA of step {self.step} only); "
+                "restore them from a copy if you need them"
+            )
+
     def save_snapshot(self) -> Path:
         """Write the EMA inference snapshot for the current step (rank 0 writes; call on every process).
 
@@ -825,7 +876,13 @@ def _grid(images: torch.Tensor) -> Any:
     return canvas.numpy()
 
 
+def _some(values: list[int], limit: int = 16) -> str:
+    """``"1, 2, 3"``, or the first ``limit`` values and how many more."""
+    shown = ", ".join(str(v) for v in values[:limit])
+    return shown if len(values) <= limit else f"{shown}, ... ({len(values)} in all)"
+
+
 def _nonfinite_terms(terms: dict[str, torch.Tensor]) -> str:
-    """`` (non-finite: denoise, align)`` naming the non-finite loss terms (syncs; only called on bad steps)."""
+    """``non-finite terms: denoise, align`` naming the non-finite loss terms (syncs; only called on bad steps)."""
     bad = [name for name, value in terms.items() if not bool(torch.isfinite(value).all())]
-    return f" (non-finite terms: {', '.join(bad)})" if bad else " (loss finite, gradients not)"
+    return f"non-finite terms: {', '.join(bad)}" if bad else "loss finite, gradients not"

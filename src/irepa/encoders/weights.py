@@ -42,6 +42,7 @@ __all__ = [
     "cache_folder",
     "download_weights",
     "find_local_weights",
+    "locate_weights",
     "read_state_dict",
     "resolve_weights",
     "verify_checksum",
@@ -294,6 +295,53 @@ def resolve_weights(
             repository without access.
     """
     locations = locations or WeightLocations()
+    found, looked = _find_without_network(spec, weights, locations, revision)
+    if found is not None:
+        return dataclasses.replace(found, sha256=_verify_if_known(spec, found.path))
+    if locations.offline:
+        raise WeightsNotFoundError(_missing_message(spec, looked, "offline mode is on"))
+    try:
+        return download_weights(spec, locations=locations, revision=revision, into_hf_cache=True)
+    except WeightsNotFoundError as exc:
+        raise WeightsNotFoundError(_missing_message(spec, looked, str(exc))) from exc
+
+
+def locate_weights(
+    spec: EncoderSpec,
+    *,
+    weights: str | Path | None = None,
+    locations: WeightLocations | None = None,
+    revision: str | None = None,
+    weights_hint: str = "--weights PATH",
+) -> ResolvedWeights:
+    """Where :func:`resolve_weights` would find ``spec``'s weights without the network, without reading them.
+
+    The same lookup (explicit path, package asset, irepa cache, Hugging Face cache, torch hub) minus the download
+    and the checksum (which reads the whole file): a cheap preflight check, e.g. for ``irepa train --dry-run``.
+
+    Args:
+        spec: The encoder.
+        weights: An explicit file or folder; skips every other location.
+        locations: Cache locations.
+        revision: Hub revision overriding the spec's.
+        weights_hint: How the caller's user names an explicit weights file, for the fix in the error message
+            (``teacher.weights`` in a training config).
+
+    Raises:
+        WeightsNotFoundError: Nothing found locally; the one-line message names the encoder, the places looked at
+            and the fix, as an offline :func:`resolve_weights` does.
+        IrepaError: An explicit path that does not exist or holds no usable file; an encoder without weights.
+    """
+    found, looked = _find_without_network(spec, weights, locations or WeightLocations(), revision)
+    if found is None:
+        raise WeightsNotFoundError(_missing_message(spec, looked, "they are not in the local caches", weights_hint))
+    return found
+
+
+def _find_without_network(
+    spec: EncoderSpec, weights: str | Path | None, locations: WeightLocations, revision: str | None
+) -> tuple[ResolvedWeights | None, list[str]]:
+    """Steps 1–4 of the lookup order (no download, no checksum): ``(found or None, places looked at)``."""
     source = spec.weights
     if source is None:
         raise IrepaError(f"encoder {spec.id!r} has no weights to load")
@@ -303,8 +351,7 @@ def resolve_weights(
             raise IrepaError(f"weights path {str(path)!r} for encoder {spec.id!r} does not exist")
         if path.is_dir():
             path = _pick_in_folder(spec, path, required=True)  # type: ignore[assignment]
-        digest = _verify_if_known(spec, path)
-        return ResolvedWeights(path, "explicit", sha256=digest)
+        return ResolvedWeights(path, "explicit"), []
     if source.asset is not None:
         path = _package_asset_path(source.asset)
         if not path.is_file():
@@ -312,19 +359,8 @@ def resolve_weights(
                 f"package asset {source.asset!r} of encoder {spec.id!r} is missing ({path}); reinstall irepa or "
                 "pass --weights PATH"
             )
-        digest = verify_checksum(path, source.sha256, f"encoder {spec.id!r}") if source.sha256 else None
-        return ResolvedWeights(path, "package", sha256=digest)
-
-    found, looked = find_local_weights(spec, locations, revision=revision)
-    if found is not None:
-        digest = _verify_if_known(spec, found.path)
-        return dataclasses.replace(found, sha256=digest)
-    if locations.offline:
-        raise WeightsNotFoundError(_missing_message(spec, looked, "offline mode is on"))
-    try:
-        return download_weights(spec, locations=locations, revision=revision, into_hf_cache=True)
-    except WeightsNotFoundError as exc:
-        raise WeightsNotFoundError(_missing_message(spec, looked, str(exc))) from exc
+        return ResolvedWeights(path, "package"), []
+    return find_local_weights(spec, locations, revision=revision)
 
 
 def _verify_if_known(spec: EncoderSpec, path: Path) -> str | None:
@@ -334,13 +370,13 @@ def _verify_if_known(spec: EncoderSpec, path: Path) -> str | None:
     return verify_checksum(path, expected, f"encoder {spec.id!r}") if expected else None
 
 
-def _fix_hint(spec: EncoderSpec) -> str:
+def _fix_hint(spec: EncoderSpec, weights_hint: str = "--weights PATH") -> str:
     source = spec.weights
     assert source is not None
     hint = f"run `irepa encoders download {spec.id}` on a connected machine (and copy its cache folder here)"
     if source.repo_id is None and source.url is None:
         hint = "reinstall irepa"
-    hint += ", or pass --weights PATH"
+    hint += f", or pass {weights_hint}"
     if source.url is not None:
         hint += f" (official file: {source.url})"
     elif source.homepage:
@@ -358,12 +394,13 @@ def _gated_hint(spec: EncoderSpec) -> str:
     )
 
 
-def _missing_message(spec: EncoderSpec, looked: list[str], reason: str) -> str:
+def _missing_message(spec: EncoderSpec, looked: list[str], reason: str, weights_hint: str = "--weights PATH") -> str:
     source = spec.weights
     assert source is not None
     where = "; ".join(looked) if looked else "no cache locations given"
     message = (
-        f"no weights for encoder {spec.id!r} ({source.describe()}): looked in {where}; {reason}. Fix: {_fix_hint(spec)}"
+        f"no weights for encoder {spec.id!r} ({source.describe()}): looked in {where}; {reason}. "
+        f"Fix: {_fix_hint(spec, weights_hint)}"
     )
     if spec.gated:
         message += f". Note: {_gated_hint(spec)}"

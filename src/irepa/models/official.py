@@ -26,7 +26,9 @@ patch, depth, grid, heads (from the QK-norm width), in-context length; the in-co
 reveals, comes from the model name (given or ``args.model``) or the standard size table. The RoPE tables are not in
 JiT state dicts (irepa computes them too). The SiT architecture is detected from tensor shapes (depth, width, patch,
 channels, classes, QK-norm, grid); the head count, which no shape reveals, comes from an explicit model name, the
-checkpoint's ``args.model``, the width of QK-norm weights, or the standard width → heads table. Projectors (REPA
+checkpoint's ``args.model``, the width of QK-norm weights, or the standard width → heads table. What the weights
+are is labelled from these shapes alone (:func:`architecture_label`: a registered name or "custom SiT config (...)"),
+and an ``args.model`` that names another size gets a warning. Projectors (REPA
 ``projectors.K.{0,2,4}.*`` and iREPA ``projectors.K.projection_layer.*``) are renamed to
 :class:`irepa.align.RepresentationAligner`'s layout (``projectors.K.net.*``); their kind and conv kernel size are
 read from the weight shapes (the kernel the released iREPA-ldm runs used is whatever the weights say: the ldm CLI

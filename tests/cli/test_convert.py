@@ -26,8 +26,8 @@ QK = dict(depth=2, width=64, patch=2, in_channels=4, num_classes=10, grid=(4, 4)
 
 def write_checkpoint(path, *, projectors=None, **args):
     state = L.random_state(L.official_sit_shapes(**QK), seed=0)
-    ns = argparse.Namespace(model="SiT-S/2", enc_type="dinov2-vit-b", encoder_depth=1, proj_coeff=0.5,
-                            resolution=64, path_type="linear", **args)  # fmt: skip
+    ns = argparse.Namespace(**{"model": "SiT-S/2", "enc_type": "dinov2-vit-b", "encoder_depth": 1, "proj_coeff": 0.5,
+                               "resolution": 64, "path_type": "linear", **args})  # fmt: skip
     projectors = L.mlp_projector(0, 64, 32, 24, irepa=False) if projectors is None else projectors
     torch.save(L.training_dict(state, {**state, **projectors}, ns, steps=50000), path)
     return state
@@ -39,7 +39,11 @@ def test_convert_repa_checkpoint(tmp_path, run_cli):
     out = tmp_path / "converted"
     result = run_cli("convert", ckpt, "--out", out)
     assert result.code == 0, result
-    assert "SiT-S/2: depth 2, width 64, 4 heads, patch 2, input 8x8x4, 10 classes + null, qk_norm on" in result.out
+    # depth 2 / width 64 is no registered size: labelled from the shapes, and args.model (SiT-S/2) is called out.
+    assert "custom SiT config: depth 2, width 64, 4 heads, patch 2, input 8x8x4, 10 classes + null, qk_norm on" in (
+        result.out
+    )
+    assert "warning: the checkpoint's args name the model SiT-S/2" in result.out
     assert "1 x mlp (64->32->24), repa key layout" in result.out
     assert "sd-scalar 0.18215" in result.out
 
@@ -52,6 +56,7 @@ def test_convert_repa_checkpoint(tmp_path, run_cli):
     assert meta["source"]["origin"] == "repa" and len(meta["source"]["sha256"]) == 64
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["model"]["name"] == "SiT-S/2" and config["model"]["kwargs"]["depth"] == 2
+    assert config["model"]["architecture"] == "custom SiT config (depth 2, width 64, 4 heads, patch 2)"
     assert config["align"] == {"encoders": ["dinov2-vit-b"], "depth": 1, "projector": "mlp", "projector_dim": 32,
                                "weight": 0.5}  # fmt: skip
     assert config["official_args"]["encoder_depth"] == 1
@@ -102,6 +107,44 @@ def test_convert_refuses_wrong_architecture_existing_output_and_truncated_files(
     bad = run_cli("convert", truncated, "--out", tmp_path / "out2")
     assert bad.code == 2 and "truncated or corrupt" in bad.err and len(bad.err.strip().splitlines()) == 1
     assert not (tmp_path / "out2").exists()
+
+
+def test_convert_labels_the_architecture_from_the_weights_not_the_args(tmp_path, run_cli):
+    """A depth-2, width-64 state dict whose args say SiT-XL/2 is a custom config, with one warning naming both."""
+    ckpt = tmp_path / "tiny.pt"
+    write_checkpoint(ckpt, model="SiT-XL/2")
+    result = run_cli("convert", ckpt, "--out", tmp_path / "out")
+    assert result.code == 0, result
+    model_lines = [line for line in result.out.splitlines() if line.startswith("model ")]
+    assert model_lines == [
+        "model     custom SiT config: depth 2, width 64, 4 heads, patch 2, input 8x8x4, 10 classes + null, qk_norm on "
+        f"({model_lines[0].rsplit('(', 1)[1]}"
+    ]
+    assert "SiT-XL/2" not in model_lines[0]
+    warnings = [line for line in result.out.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        "warning: the checkpoint's args name the model SiT-XL/2 (depth 28, width 1152, 16 heads) but its weights are "
+        "custom SiT config (depth 2, width 64, 4 heads, patch 2); converting what the weights are"
+    ]
+    config = yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())
+    assert config["model"]["architecture"] == "custom SiT config (depth 2, width 64, 4 heads, patch 2)"
+    assert "XL" not in config["model"]["name"]
+    model, _ = load_inference(tmp_path / "out" / "model.safetensors")
+    assert len(model.blocks) == 2 and model.blocks[0].attn.qkv.weight.shape[1] == 64
+
+
+def test_architecture_label_matches_registered_sizes():
+    from irepa.models.base import MODELS
+    from irepa.models.official import architecture_label
+
+    for name in ("SiT-XL/2", "SiT-B/4", "JiT-B/16", "JiT-H/32"):
+        kwargs = {"mlp_ratio": 4.0, **MODELS.get(name).defaults}
+        assert architecture_label(kwargs) == name
+    xl = {"mlp_ratio": 4.0, **MODELS.get("SiT-XL/2").defaults}
+    assert architecture_label({**xl, "depth": 2}) == "custom SiT config (depth 2, width 1152, 16 heads, patch 2)"
+    assert architecture_label({**xl, "mlp_ratio": 2.0}).endswith("patch 2, mlp ratio 2)")
+    jit = {"mlp_ratio": 4.0, **MODELS.get("JiT-B/16").defaults, "in_context_start": 1}
+    assert architecture_label(jit) == "custom JiT config (depth 12, width 768, 12 heads, patch 16, bottleneck 128)"
 
 
 @pytest.mark.parametrize("flag", ["--which", "--vae", "--latent-stats", "--path", "--dtype", "--overwrite", "--model"])

@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from irepa.encoders import ENCODERS
 
 
@@ -77,3 +79,65 @@ def test_download_from_an_official_url(run_cli, tmp_path, monkeypatch):
     assert res.code == 0, res
     assert (tmp_path / "cache" / "encoders" / "mocov3-vit-s" / "vit-s-300ep.pth.tar").is_file()
     assert "sha256" in res.out and "copy it to offline machines" in res.out
+
+
+@pytest.fixture
+def no_network(monkeypatch, tmp_path):
+    """A machine without network, in virtual time: every TCP connect fails, either at once (``dns``: the name
+    does not resolve) or after its connect timeout (``dropped``: a firewall drops the packets), and sleeping
+    between retries costs no real time. Returns ``set_kind(kind) -> virtual_seconds()``: seconds waited on connect
+    timeouts and retry sleeps."""
+    import socket
+    import time
+
+    import huggingface_hub.constants
+
+    virtual = [0.0]
+    kind = ["dns"]
+
+    def connect(address, timeout=None, *args, **kwargs):
+        if kind[0] == "dns":
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        virtual[0] += timeout if timeout is not None else 120.0  # the OS's own connect timeout, roughly
+        raise TimeoutError("timed out")
+
+    monkeypatch.setattr(socket, "create_connection", connect)
+    monkeypatch.setattr(time, "sleep", lambda seconds: virtual.__setitem__(0, virtual[0] + seconds))
+    for var in ("HF_HUB_OFFLINE", "IREPA_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # conftest turned it on at import
+    for var, folder in (("IREPA_CACHE", "irepa"), ("HF_HUB_CACHE", "hf"), ("TORCH_HOME", "torch")):
+        monkeypatch.setenv(var, str(tmp_path / folder))
+
+    def set_kind(new_kind):
+        kind[0], virtual[0] = new_kind, 0.0
+        return lambda: virtual[0]
+
+    return set_kind
+
+
+@pytest.mark.parametrize("kind", ["dns", "dropped"])
+@pytest.mark.parametrize("encoder", ["dinov2-vit-b", "mocov3-vit-s"])  # a Hub repository, an official URL
+def test_no_network_fails_fast_with_the_offline_fix(run_cli, tmp_path, no_network, kind, encoder):
+    """`encoders download` and `features extract` without --offline: a one-line error in seconds, not after retries."""
+    import time
+
+    images = tmp_path / "images"
+    images.mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (32, 32)).save(images / "a.png")
+    out = tmp_path / "f.safetensors"
+    extract = ["features", "extract", "--encoder", encoder, "--images", images, "--out", out, "--resolution", "32"]
+    commands = {"download": ["encoders", "download", encoder], "extract": [*extract, "--device", "cpu"]}
+    for name, command in commands.items():
+        waited = no_network(kind)
+        start = time.perf_counter()
+        res = run_cli(*command)
+        seconds = time.perf_counter() - start + waited()
+        assert res.code == 2, (name, res)
+        assert seconds < 10, f"{name}: {seconds:.0f} s (of which {waited():.0f} s connect timeouts and retry sleeps)"
+        assert len(res.err.strip().splitlines()) == 1, (name, res.err)
+        assert "no network: cannot reach" in res.err and "--offline" in res.err, (name, res.err)
+        assert f"irepa encoders download {encoder}" in res.err and "copy" in res.err, (name, res.err)
+        assert not (tmp_path / "f.safetensors").exists()

@@ -38,6 +38,28 @@ def test_extract_with_a_small_random_encoder(run_cli, tmp_path):
     assert res.code == 2 and "--force" in res.err
 
 
+def test_strict_rgb_refusals_are_reported_apart_from_unreadable_files(run_cli, tmp_path):
+    images = image_folder(tmp_path / "images")  # 2 of the 8 images are grayscale
+    (images / "class0" / "corrupt.png").write_bytes(b"not a png")
+    out = tmp_path / "feats.safetensors"
+    common = ["features", "extract", "--encoder", "hog", "--resolution", "48", "--no-progress", "--images"]
+    res = run_cli(*common, images, "--out", out, "--strict-rgb")
+    assert res.code == 0, res
+    assert "6 images, 1 unreadable skipped, 2 non-RGB refused (--strict-rgb) ->" in res.out, res.out
+    assert "warning: 2 non-RGB images refused (--strict-rgb)" in res.out and "drop --strict-rgb" in res.out
+    features = read_features(out)
+    assert features.num_images == 6
+    assert features.metadata["skipped"] == 1 and features.metadata["refused_non_rgb"] == 2
+    assert features.metadata["converted"] == 0
+    # --on-error fail stops at the first refusal with its own message, not as an unreadable file.
+    res = run_cli(*common, images, "--out", tmp_path / "f.safetensors", "--strict-rgb", "--on-error", "fail")
+    assert res.code == 2 and "class0/0.png' is L, not RGB" in res.err and "cannot read" not in res.err, res
+    # Only refused images: the error counts them as refusals.
+    only_gray = image_folder(tmp_path / "gray", classes=1, per_class=1)
+    res = run_cli(*common, only_gray, "--out", tmp_path / "g.safetensors", "--strict-rgb")
+    assert res.code == 2 and "0 unreadable, 1 non-RGB refused" in res.err and "not RGB" in res.err, res
+
+
 def test_extract_bad_input_exits_2_and_writes_nothing(run_cli, tmp_path):
     images = image_folder(tmp_path / "images", classes=1, per_class=2)
     out = tmp_path / "f.safetensors"

@@ -61,7 +61,7 @@ def test_sample_writes_adm_npz_and_recipe_card(run_cli, snapshot, tmp_path):
     assert card["sampler"] == {
         "name": "sde", "steps": 4, "nfe_per_sample": 4, "cfg_scale": 1.5, "guidance_interval": [0.0, 0.7],
         "null_label": 10, "heun_guidance_time": None, "sde_last_time": 0.04, "dtype": "float32",
-        "quantize": "truncate",
+        "quantize": "truncate", "compile": "none",
     }  # fmt: skip
     assert card["seeds"]["per_sample"] == "torch.Generator (CPU) seeded with (index + seed * 0x9E3779B9) mod 2**32"
     assert card["snapshot"]["prediction"] == "v"  # a snapshot without a prediction type is a velocity model
@@ -204,6 +204,21 @@ def test_bad_arguments_write_nothing_and_the_corrected_command_runs(run_cli, sna
     res = run_cli(*base_args(snapshot, out))
     assert res.code == 0, res
     assert out.exists()
+
+
+def test_compile_mode_reaches_torch_compile_and_the_card(run_cli, snapshot, tmp_path, monkeypatch):
+    modes = []
+
+    def recording_compile(module, *, mode):  # the wiring only; real compilation: tests/diffusion/test_generate.py
+        modes.append(mode)
+        return module
+
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    out = tmp_path / "compiled.npz"
+    res = run_cli(*base_args(snapshot, out), "--compile", "reduce-overhead")
+    assert res.code == 0, res
+    assert modes == ["reduce-overhead"]
+    assert json.loads((tmp_path / "compiled.recipe.json").read_text())["sampler"]["compile"] == "reduce-overhead"
 
 
 def test_sampling_settings_reject_non_finite_cfg_scale():

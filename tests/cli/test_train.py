@@ -79,6 +79,46 @@ def test_dry_run_prints_config_and_batch_split(run_cli, tmp_path):
     assert parsed["align"]["kernel_size"] == 3 and parsed["optim"]["global_batch_size"] == 256
 
 
+def test_dry_run_checks_that_the_teacher_weights_are_found_offline(run_cli, tmp_path, monkeypatch):
+    """Per encoder: where its weights would be found (the zoo lookup, same locations as training), else the fix."""
+    for var, folder in (("IREPA_CACHE", "irepa"), ("HF_HUB_CACHE", "hf"), ("TORCH_HOME", "torch")):
+        monkeypatch.setenv(var, str(tmp_path / folder))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("IREPA_OFFLINE", raising=False)
+    # DINOv2's official file in the torch hub cache; a few bytes only: the dry run must not read or verify it.
+    hub = tmp_path / "torch" / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    (hub / "dinov2_vitb14_pretrain.pth").write_bytes(b"not really weights")
+    args = ["train", "--preset", "sit-xl2-irepa", "--dry-run", "--run-dir", tmp_path / "r",
+            "align.encoders=[dinov2-vit-b,mocov3-vit-s]"]  # fmt: skip
+
+    def teacher_lines(res):
+        assert res.code == 0, res
+        return [line for line in res.out.splitlines() if line.startswith(("# teacher", "# would"))]
+
+    lines = teacher_lines(run_cli(*args))
+    assert lines[0] == f"# teacher dinov2-vit-b: found at {hub / 'dinov2_vitb14_pretrain.pth'} (torch-hub)"
+    assert lines[1].startswith("# teacher mocov3-vit-s: NOT FOUND offline: no weights for encoder 'mocov3-vit-s'")
+    assert f"irepa cache {tmp_path / 'irepa' / 'encoders' / 'mocov3-vit-s'}" in lines[1]
+    assert "`irepa encoders download mocov3-vit-s`" in lines[1] and "teacher.weights: {mocov3-vit-s: PATH}" in lines[1]
+    assert "training looks in $IREPA_CACHE (or teacher.cache_dir)" in lines[1] and "--weights" not in lines[1]
+    assert "# would download the weights of mocov3-vit-s at start (fails without network)" in lines
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert "# would fail at start: no weights for mocov3-vit-s (offline)" in teacher_lines(run_cli(*args))
+    # What `irepa encoders download mocov3-vit-s` leaves in the cache is then found.
+    cached = tmp_path / "irepa" / "encoders" / "mocov3-vit-s" / "vit-s-300ep.pth.tar"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"x")
+    lines = teacher_lines(run_cli(*args))
+    assert lines[1] == f"# teacher mocov3-vit-s: found at {cached} (irepa-cache)"
+    assert not any("would fail" in line or "would download" in line for line in lines)
+    # teacher.cache_dir replaces $IREPA_CACHE, as in training; a wrong explicit teacher.weights path is named.
+    lines = teacher_lines(run_cli(*args, f"teacher.cache_dir={tmp_path / 'elsewhere'}"))
+    assert lines[1].startswith("# teacher mocov3-vit-s: NOT FOUND offline") and "elsewhere" in lines[1]
+    lines = teacher_lines(run_cli(*args, f"teacher.weights={{dinov2-vit-b: {tmp_path / 'nope.pth'}}}"))
+    assert lines[0].startswith("# teacher dinov2-vit-b: NOT FOUND: weights path") and "nope.pth" in lines[0]
+
+
 def test_batch_not_divisible_is_a_clear_error(run_cli, tmp_path):
     res = run_cli("train", "--preset", "sit-b2-repa", "--dry-run", "--processes", "3", "--run-dir", tmp_path)
     assert res.code == 2

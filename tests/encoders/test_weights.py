@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from irepa.encoders import ENCODERS, WeightLocations, load_encoder, resolve_weights, verify_checksum
+from irepa.encoders import weights as weights_module
 from irepa.encoders.spec import EncoderSpec, Preprocessing, WeightSource
 from irepa.encoders.weights import cache_folder, download_weights, read_state_dict
 from irepa.errors import IrepaError, WeightsNotFoundError
@@ -67,6 +68,7 @@ def test_gated_repository_error_on_download(tmp_path, monkeypatch):
         raise errors.GatedRepoError("Access to model is restricted", response=FakeResponse())
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", refuse)
+    monkeypatch.setattr(weights_module, "_probe_server", lambda spec: None)  # the Hub is faked: no probe
     spec = ENCODERS.get("dinov3-vit-b16")
     with pytest.raises(IrepaError, match="gated") as info:
         download_weights(spec, locations=WeightLocations(cache_dir=tmp_path))
@@ -81,6 +83,7 @@ def test_download_failure_becomes_missing_weights_message(tmp_path, monkeypatch)
         raise errors.LocalEntryNotFoundError("Cannot reach the Hub")
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    monkeypatch.setattr(weights_module, "_probe_server", lambda spec: None)
     with pytest.raises(WeightsNotFoundError, match="download impossible") as info:
         resolve_weights(ENCODERS.get("dino-vit-b"), locations=WeightLocations(cache_dir=tmp_path))
     assert "irepa encoders download dino-vit-b" in str(info.value)

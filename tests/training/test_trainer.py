@@ -168,7 +168,30 @@ def test_nan_batch_is_skipped_and_counted(tmp_path, pixel_store, monkeypatch, pi
     assert result.status == "completed" and trainer.guard.skipped == 1
     last = records(tmp_path)[-1]
     assert last["nonfinite_skipped"] == 1 and torch.isfinite(torch.tensor(last["loss"]))
-    assert "step 3: skipped, non-finite gradients (non-finite terms: " in (tmp_path / "log.txt").read_text()
+    log = (tmp_path / "log.txt").read_text()
+    # The pixel inputs themselves were finite (the NaN came later), so the warning lists the step's samples.
+    assert "step 3: skipped, non-finite gradients (non-finite terms: denoise" in log
+    assert "; inputs finite, samples of the step: " in log
+
+
+def test_nan_latents_name_their_samples(tmp_path, latent_stores, latent_overrides):
+    """A latent store holding NaN moments: the skipped step's warning names the dataset indices to inspect."""
+    trainer = Trainer(resolve_config(overrides=latent_overrides(latent_stores, "train.max_steps=3")), tmp_path)
+    original = trainer.data.next_batch
+    poisoned: list[int] = []
+
+    def next_batch():
+        batch = original()
+        if trainer.step == 1:
+            batch["moments"][1, 0, 2, 3] = float("nan")  # one value of one sample's stored moments
+            poisoned.append(int(batch["index"][1]))
+        return batch
+
+    trainer.data.next_batch = next_batch
+    assert trainer.fit().status == "completed" and trainer.guard.skipped == 1
+    log = (tmp_path / "log.txt").read_text()
+    assert "step 2: skipped, non-finite gradients (non-finite terms: denoise" in log
+    assert f"; non-finite inputs: samples {poisoned[0]} of the data store)" in log
 
 
 def test_nan_patience_stops_with_a_message(tmp_path, pixel_store, pixel_overrides):
@@ -413,6 +436,19 @@ def test_resume_writes_the_missing_snapshot_of_the_checkpoint_step(tmp_path, pix
 
     with safe_open(snapshots / "ema-0000004.safetensors", "pt") as f:
         assert f.metadata()["step"] == "4"
+
+
+def test_resume_names_earlier_snapshots_it_cannot_rebuild(tmp_path, pixel_store, pixel_overrides):
+    """A snapshot removed before the checkpoint step cannot come back from the checkpoint's EMA: the log says so."""
+    run_dir = tmp_path / "run"
+    fit(run_dir, pixel_overrides(pixel_store, "train.max_steps=4", "train.snapshot_every_steps=2"))
+    (run_dir / "snapshots" / "ema-0000002.safetensors").unlink()
+    (run_dir / "snapshots" / "ema-0000004.safetensors").unlink()
+    fit(run_dir, pixel_overrides(pixel_store, "train.max_steps=6", "train.snapshot_every_steps=2"))
+    names = sorted(p.name for p in (run_dir / "snapshots").iterdir())
+    assert names == ["ema-0000004.safetensors", "ema-0000006.safetensors"]  # step 4 rebuilt from its checkpoint
+    log = (run_dir / "log.txt").read_text()
+    assert "EMA snapshot(s) of step 2 are missing from " in log and "cannot be rebuilt (checkpoint step-0000004" in log
 
 
 def test_stop_signal_at_a_snapshot_step_still_writes_the_snapshot_and_runs_hooks(

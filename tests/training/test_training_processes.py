@@ -148,3 +148,75 @@ def test_two_process_ddp_on_cpu_matches_one_process(tmp_path, pixel_store, pixel
     one, two = _state(tmp_path / "one", 6), _state(tmp_path / "two", 6)
     for key in one:
         torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+_FAILING_RUN = """
+import sys
+import irepa.data.datasets as datasets
+from irepa.cli.main import main
+
+where = sys.argv[1]
+reads = 0
+original = datasets.StoreDataset.__getitem__
+
+
+def failing_getitem(self, item):
+    global reads
+    reads += 1  # counted in the worker process (forked), so the failure happens there
+    if where == "worker" and reads > 20:
+        raise OSError("simulated read error of a data shard")
+    return original(self, item)
+
+
+datasets.StoreDataset.__getitem__ = failing_getitem
+if where == "step":
+    import irepa.training.trainer as trainer
+
+    step = trainer.Trainer.train_step
+
+    def failing_step(self, batches):
+        if self.step == 3:
+            raise RuntimeError("simulated failure inside the training step")
+        return step(self, batches)
+
+    trainer.Trainer.train_step = failing_step
+sys.exit(main(["train", *sys.argv[2:]]))
+"""
+
+
+@pytest.mark.parametrize("where", ["worker", "step"])
+def test_failure_with_dataloader_workers_exits_promptly(tmp_path, pixel_store, pixel_overrides, where):
+    """An exception in a DataLoader worker or in the step ends the run with its error, workers shut down, no hang.
+
+    Before the fix, the traceback kept the loader's iterator alive and the interpreter waited forever at exit for
+    the worker process.
+    """
+    script = tmp_path / "failing_run.py"
+    script.write_text(_FAILING_RUN)
+    overrides = pixel_overrides(pixel_store, "train.max_steps=20", "data.num_workers=1")
+    proc = subprocess.Popen(
+        [sys.executable, str(script), where, "--run-dir", str(tmp_path / "run"), *overrides],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+        start_new_session=True,
+    )
+    try:
+        _out, err = proc.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail(f"the run hung after a failure in the {where}")
+    if where == "worker":  # a store that cannot be read is bad input: one line, exit 2
+        assert proc.returncode == 2, err[-2000:]
+        line = err.strip().splitlines()[-1]
+        assert line.startswith(
+            "irepa train: error: reading a training batch failed in a DataLoader worker (OSError: simul"
+        )
+        assert "irepa data info STORE --verify" in line and "Traceback" not in err
+    else:  # a bug keeps its traceback
+        assert proc.returncode == 1, err[-2000:]
+        assert "RuntimeError: simulated failure inside the training step" in err
+    time.sleep(0.5)
+    with pytest.raises(ProcessLookupError):  # nothing of the run's process group is left (no orphaned worker)
+        os.killpg(proc.pid, 0)

@@ -4,6 +4,7 @@ from PIL import Image
 
 from irepa.errors import IrepaError
 from irepa.utils.images import (
+    NonRGBImageError,
     ReadStats,
     center_crop_adm,
     class_label_map,
@@ -69,6 +70,29 @@ def test_batches_keys_skip_and_fail(tmp_path):
     with pytest.raises(IrepaError, match="cannot read image"):
         list(iter_image_batches(files, 4, root=tmp_path, on_error="fail"))
     assert class_label_map(keys) == {"cat": 0, "dog": 1}
+
+
+def test_strict_mode_refusals_are_counted_apart_from_unreadable_files(tmp_path):
+    _save(tmp_path / "rgb.png", np.zeros((8, 8, 3), np.uint8))
+    _save(tmp_path / "gray.png", np.zeros((8, 8), np.uint8), mode="L")
+    _save(tmp_path / "rgba.png", np.zeros((8, 8, 4), np.uint8), mode="RGBA")
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    files = list_images(tmp_path)
+    stats = ReadStats()
+    keys = [k for _, ks in iter_image_batches(files, 4, root=tmp_path, strict_mode=True, stats=stats) for k in ks]
+    assert keys == ["rgb"]
+    assert stats.skipped == 1 and stats.skipped_files == [str(tmp_path / "broken.png")]
+    assert stats.refused_non_rgb == 2 and sorted(stats.refused_files) == [
+        str(tmp_path / f) for f in ("gray.png", "rgba.png")
+    ]
+    assert stats.summary() == "1 images read, 1 unreadable skipped, 2 non-RGB refused (strict mode)"
+    # on_error="fail" stops at the first refusal, with the refusal's own message.
+    with pytest.raises(NonRGBImageError, match="is L, not RGB"):
+        list(iter_image_batches(files[1:], 4, root=tmp_path, strict_mode=True, on_error="fail"))  # broken.png first
+    # Without strict mode nothing is refused: both are converted.
+    stats = ReadStats()
+    list(iter_image_batches(files, 4, root=tmp_path, stats=stats))
+    assert stats.refused_non_rgb == 0 and stats.converted == 2 and stats.skipped == 1
 
 
 def test_empty_and_missing_folder(tmp_path):

@@ -28,8 +28,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         metavar="NAME",
-        help="architecture name, e.g. SiT-XL/2 (default: detected from the weights and the checkpoint's args; "
-        "a wrong name fails with the mismatched keys listed)",
+        help="architecture name, e.g. SiT-XL/2 (default: detected from the weights' shapes; the checkpoint's args "
+        "only fill in what no shape shows, and a warning names them when they disagree; a wrong --model fails "
+        "with the mismatched keys listed)",
     )
     parser.add_argument(
         "--which",
@@ -114,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         "steps": ckpt.steps,
     }
     config = {
-        "model": {"name": ckpt.model_name, "kwargs": ckpt.model_kwargs},
+        "model": {"architecture": ckpt.architecture, "name": ckpt.model_name, "kwargs": ckpt.model_kwargs},
         "diffusion": diffusion,
         "space": space,
     }
@@ -124,7 +125,10 @@ def run(args: argparse.Namespace) -> int:
     config["source"] = source
     if ckpt.args is not None:
         config["official_args"] = ckpt.args
-    config_text = "# written by irepa convert; align and official_args are what the official run used\n"
+    config_text = (
+        "# written by irepa convert; model.architecture is what the weights' shapes are, model.name the registered\n"
+        "# factory that rebuilds them with model.kwargs; align and official_args are what the official run used\n"
+    )
     config_text += yaml.safe_dump(config, sort_keys=False, width=120)
 
     model = ckpt.build_model()
@@ -178,8 +182,12 @@ def run(args: argparse.Namespace) -> int:
     classes = f"{kw['num_classes']} classes" + (" + null" if kw["null_class"] else "")
     steps = f", step {ckpt.steps}" if ckpt.steps is not None else ""
     print(f"read      {args.checkpoint} ({ckpt.origin}, {ckpt.container}, {ckpt.which} weights{steps})")
+    for warning in ckpt.warnings:
+        print(f"warning: {warning}")
+    # The label comes from the weights' shapes, never from the factory name or the checkpoint's args.
+    label = ckpt.architecture.split(" (", 1)[0]
     print(
-        f"model     {ckpt.model_name}: depth {kw['depth']}, width {kw['hidden_size']}, {kw['num_heads']} heads, "
+        f"model     {label}: depth {kw['depth']}, width {kw['hidden_size']}, {kw['num_heads']} heads, "
         f"patch {kw['patch_size']}, input {kw['input_size']}x{kw['input_size']}x{kw['in_channels']}, {classes}, "
         f"qk_norm {'on' if kw['qk_norm'] else 'off'} ({count_parameters(model) / 1e6:.1f}M parameters)"
     )

@@ -34,7 +34,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--on-error",
         choices=("skip", "fail"),
         default="skip",
-        help="unreadable images: skip and count them (default) or stop",
+        help="unreadable images and --strict-rgb refusals: skip and count them (default) or stop at the first",
     )
     p.add_argument(
         "--strict-rgb", action="store_true", help="refuse grayscale/RGBA/palette images instead of converting"
@@ -88,9 +88,16 @@ def run(args: argparse.Namespace) -> int:
     )
     skipped = f", {result.skipped} unreadable skipped" if result.skipped else ""
     converted = f", {result.converted} converted to RGB" if result.converted else ""
+    refused = f", {result.refused_non_rgb} non-RGB refused (--strict-rgb)" if result.refused_non_rgb else ""
     print(
-        f"{result.num_images} images{skipped}{converted} -> {result.path} "
+        f"{result.num_images} images{skipped}{converted}{refused} -> {result.path} "
         f"(grid {encoder.grid[0]}x{encoder.grid[1]}, dim {encoder.embed_dim}, "
         f"{result.images_per_second:.1f} images/s)"
     )
+    if result.refused_non_rgb:
+        # Not an error (the files are fine), but rows are missing from the output: say how to get them back.
+        print(
+            f"warning: {result.refused_non_rgb} non-RGB images refused (--strict-rgb) are not in the output; "
+            "convert them to RGB, or drop --strict-rgb to convert them while reading (--on-error fail lists the first)"
+        )
     return 0

@@ -154,10 +154,11 @@ def run(args: argparse.Namespace) -> int:
     run_dir = args.run_dir or Path("runs") / (config.name or "default")
     env_world = _world_size_from_env()
     if args.dry_run:
+        from irepa.cli.encoders import environment_locations
         from irepa.training.dryrun import dry_run_report
 
         world = args.processes or env_world or 1
-        print(dry_run_report(config, run_dir, world_size=world))
+        print(dry_run_report(config, run_dir, world_size=world, weight_locations=environment_locations()))
         return 0
     if args.processes is not None:
         raise IrepaError("--processes only applies to --dry-run; the launcher (torchrun) sets the process count")

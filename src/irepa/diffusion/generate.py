@@ -57,6 +57,7 @@ from irepa.errors import IrepaError
 from irepa.registry import Registry
 
 __all__ = [
+    "COMPILE_MODES",
     "DEFAULT_T_EPS",
     "PREDICTIONS",
     "PREDICTION_TYPES",
@@ -74,6 +75,8 @@ __all__ = [
 #: uint8 quantization modes: ``truncate`` (ADM / official generate.py, default) and ``round``.
 QUANTIZE_MODES = ("truncate", "round")
 Quantize = Literal["truncate", "round"]
+#: ``SamplingSettings.compile``: eager, or a ``torch.compile`` mode.
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -191,6 +194,10 @@ class SamplingSettings:
         seed: Global seed of the per-sample generators.
         dtype: Forward precision (``float32``, ``bfloat16``, ``float16``; reduced precision changes FID).
         quantize: ``truncate`` (default, ADM parity) or ``round``.
+        compile: ``none`` (eager, default) or a :func:`torch.compile` mode of the model: ``default``,
+            ``reduce-overhead`` (CUDA graphs on the GPU: the launch overhead of small batches goes away) or
+            ``max-autotune``. Compiled kernels may fuse operations differently, so samples can differ from eager ones
+            at float round-off (a recipe's samples should not mix the two).
     """
 
     sampler: str = "sde"
@@ -201,6 +208,7 @@ class SamplingSettings:
     seed: int = 0
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     quantize: Quantize = "truncate"
+    compile: Literal["none", "default", "reduce-overhead", "max-autotune"] = "none"
 
     def __post_init__(self) -> None:
         SAMPLERS.canonical(self.sampler)
@@ -219,6 +227,8 @@ class SamplingSettings:
             raise IrepaError(f"heun_guidance_time must be 'next' or 'current', got {self.heun_guidance_time!r}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise IrepaError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.compile not in COMPILE_MODES:
+            raise IrepaError(f"compile mode {self.compile!r} is not one of {', '.join(COMPILE_MODES)}")
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -322,6 +332,18 @@ class SnapshotSampler:
     space: dict[str, Any]
     decode: Callable[[torch.Tensor], torch.Tensor] | None
     device: torch.device | str
+    _compiled: dict[str, nn.Module] = dataclasses.field(default_factory=dict, repr=False)
+
+    def network(self, compile: str = "none") -> nn.Module:
+        """The model, or its :func:`torch.compile` in mode ``compile`` (compiled once per mode and kept).
+
+        Recompilation for new batch shapes (the guided doubled batch, a last smaller batch) is torch's own.
+        """
+        if compile == "none":
+            return self.model
+        if compile not in self._compiled:
+            self._compiled[compile] = torch.compile(self.model, mode=compile)
+        return self._compiled[compile]
 
     @classmethod
     def load(
@@ -399,7 +421,7 @@ class SnapshotSampler:
         if settings.cfg_scale > 1 and self.null_label is None:
             raise IrepaError("cfg_scale > 1 needs a model with a null class (trained with label dropout)")
         self.check_sampler(settings.sampler)
-        velocity = velocity_function(self.model, self.diffusion, dtype=settings.torch_dtype)
+        velocity = velocity_function(self.network(settings.compile), self.diffusion, dtype=settings.torch_dtype)
         return generate(
             velocity,
             get_path(self.diffusion["path"]),

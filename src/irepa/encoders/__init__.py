@@ -20,6 +20,7 @@ from irepa.encoders.weights import (
     WeightLocations,
     download_weights,
     is_cached,
+    locate_weights,
     resolve_weights,
     verify_checksum,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "download_weights",
     "is_cached",
     "load_encoder",
+    "locate_weights",
     "register_packaged_vit",
     "resolve_weights",
     "verify_checksum",

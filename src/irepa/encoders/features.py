@@ -139,6 +139,7 @@ class ExtractionResult:
         skipped: Unreadable images skipped.
         converted: Images converted to RGB (grayscale, RGBA, palette).
         seconds: Wall-clock time of reading + encoding + writing.
+        refused_non_rgb: Readable non-RGB images refused in strict mode (not counted in ``skipped``).
     """
 
     path: Path
@@ -146,6 +147,7 @@ class ExtractionResult:
     skipped: int
     converted: int
     seconds: float
+    refused_non_rgb: int = 0
 
     @property
     def images_per_second(self) -> float:
@@ -177,7 +179,8 @@ def extract_features(
         root: Folder the image keys are relative to.
         batch_size: Images per forward pass.
         crop: How images of another size reach the encoder's resolution (``irepa.utils.images.load_image``).
-        on_error: ``skip`` unreadable images (counted) or ``fail`` on the first one.
+        on_error: ``skip`` unreadable images and strict-mode refusals (each counted apart) or ``fail`` on the first
+            one.
         strict_mode: Refuse non-RGB images instead of converting them.
         labels: ``auto`` stores class labels when every image sits in a class subfolder; ``require`` insists;
             ``none`` never stores them.
@@ -186,8 +189,8 @@ def extract_features(
         extra_metadata: More metadata entries (strings or JSON-serialisable values).
 
     Raises:
-        IrepaError: Bad options, unreadable images with ``on_error="fail"``, no readable image, or missing class
-            folders with ``labels="require"``.
+        IrepaError: Bad options, unreadable or (strict mode) non-RGB images with ``on_error="fail"``, no usable
+            image, or missing class folders with ``labels="require"``.
     """
     from tqdm import tqdm
 
@@ -236,12 +239,13 @@ def extract_features(
                 writer.append("labels", torch.tensor([class_map[k.split("/", 1)[0]] for k in batch_keys]))
             keys.extend(batch_keys)
             bar.update(len(batch_keys))
-            bar.set_postfix(skipped=stats.skipped)
+            bar.set_postfix(skipped=stats.skipped, refused=stats.refused_non_rgb)
         bar.close()
         if not keys:
             raise IrepaError(
-                f"no usable images among {len(files)} files ({stats.skipped} skipped); first problem: "
-                f"{_first_problem(stats.skipped_files, encoder.resolution[0], crop, strict_mode)}"
+                f"no usable images among {len(files)} files ({stats.skipped} unreadable, {stats.refused_non_rgb} "
+                "non-RGB refused in strict mode); first problem: "
+                f"{_first_problem(stats.skipped_files + stats.refused_files, encoder.resolution[0], crop, strict_mode)}"
             )
         info = encoder.describe()
         metadata: dict[str, Any] = {
@@ -253,6 +257,7 @@ def extract_features(
             "embed_dim": encoder.embed_dim,
             "num_images": len(keys),
             "skipped": stats.skipped,
+            "refused_non_rgb": stats.refused_non_rgb,
             "converted": stats.converted,
             "crop": crop,
             "patch_tokens_dtype": str(save_dtype).removeprefix("torch."),
@@ -263,7 +268,7 @@ def extract_features(
         }
         writer.finish({k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()})
     seconds = time.perf_counter() - start
-    return ExtractionResult(out, len(keys), stats.skipped, stats.converted, seconds)
+    return ExtractionResult(out, len(keys), stats.skipped, stats.converted, seconds, stats.refused_non_rgb)
 
 
 def _first_problem(skipped: list[str], size: int, crop: str, strict_mode: bool) -> str:

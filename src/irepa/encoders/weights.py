@@ -10,8 +10,10 @@ Lookup order (the first hit wins)::
                               unless offline=True
 
 When nothing is found, :class:`~irepa.errors.WeightsNotFoundError` says (in one line) which encoder, what was looked
-for and where, and how to fix it. Gated repositories (DINOv3) get their own message. Files with a known checksum
-are verified; package assets always are.
+for and where, and how to fix it. A download starts with one quick request to its server (no retries,
+:data:`PROBE_TIMEOUT_S`): without a network it fails in seconds, instead of after huggingface_hub's retries (about
+25 s when names do not resolve, minutes when packets are dropped). Gated repositories (DINOv3) get their own
+message. Files with a known checksum are verified; package assets always are.
 
 This module never reads environment variables or default paths: the CLI passes every location explicitly
 (``irepa.cli.encoders.weight_locations``). Only :mod:`huggingface_hub` itself reads its own settings (token,
@@ -37,15 +39,20 @@ from irepa.errors import IrepaError, WeightsNotFoundError, first_line
 from irepa.utils.io import atomic_write, describe_load_error, sha256_file, write_json
 
 __all__ = [
+    "NoNetworkError",
     "ResolvedWeights",
     "WeightLocations",
     "cache_folder",
     "download_weights",
     "find_local_weights",
+    "locate_weights",
     "read_state_dict",
     "resolve_weights",
     "verify_checksum",
 ]
+
+#: Seconds the connectivity probe before a download waits for the server (connect + first answer).
+PROBE_TIMEOUT_S = 5.0
 
 #: File suffixes recognised as weight files inside a folder.
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".tar", ".ckpt")
@@ -294,6 +301,56 @@ def resolve_weights(
             repository without access.
     """
     locations = locations or WeightLocations()
+    found, looked = _find_without_network(spec, weights, locations, revision)
+    if found is not None:
+        return dataclasses.replace(found, sha256=_verify_if_known(spec, found.path))
+    if locations.offline:
+        raise WeightsNotFoundError(_missing_message(spec, looked, "offline mode is on"))
+    try:
+        return download_weights(spec, locations=locations, revision=revision, into_hf_cache=True)
+    except NoNetworkError as exc:  # the fix below says how to get the weights here; add how to skip the attempt
+        reason = f"{exc.reason}; --offline (or IREPA_OFFLINE=1) skips the download attempt"
+        raise WeightsNotFoundError(_missing_message(spec, looked, reason)) from exc
+    except WeightsNotFoundError as exc:
+        raise WeightsNotFoundError(_missing_message(spec, looked, str(exc))) from exc
+
+
+def locate_weights(
+    spec: EncoderSpec,
+    *,
+    weights: str | Path | None = None,
+    locations: WeightLocations | None = None,
+    revision: str | None = None,
+    weights_hint: str = "--weights PATH",
+) -> ResolvedWeights:
+    """Where :func:`resolve_weights` would find ``spec``'s weights without the network, without reading them.
+
+    The same lookup (explicit path, package asset, irepa cache, Hugging Face cache, torch hub) minus the download
+    and the checksum (which reads the whole file): a cheap preflight check, e.g. for ``irepa train --dry-run``.
+
+    Args:
+        spec: The encoder.
+        weights: An explicit file or folder; skips every other location.
+        locations: Cache locations.
+        revision: Hub revision overriding the spec's.
+        weights_hint: How the caller's user names an explicit weights file, for the fix in the error message
+            (``teacher.weights`` in a training config).
+
+    Raises:
+        WeightsNotFoundError: Nothing found locally; the one-line message names the encoder, the places looked at
+            and the fix, as an offline :func:`resolve_weights` does.
+        IrepaError: An explicit path that does not exist or holds no usable file; an encoder without weights.
+    """
+    found, looked = _find_without_network(spec, weights, locations or WeightLocations(), revision)
+    if found is None:
+        raise WeightsNotFoundError(_missing_message(spec, looked, "they are not in the local caches", weights_hint))
+    return found
+
+
+def _find_without_network(
+    spec: EncoderSpec, weights: str | Path | None, locations: WeightLocations, revision: str | None
+) -> tuple[ResolvedWeights | None, list[str]]:
+    """Steps 1–4 of the lookup order (no download, no checksum): ``(found or None, places looked at)``."""
     source = spec.weights
     if source is None:
         raise IrepaError(f"encoder {spec.id!r} has no weights to load")
@@ -303,8 +360,7 @@ def resolve_weights(
             raise IrepaError(f"weights path {str(path)!r} for encoder {spec.id!r} does not exist")
         if path.is_dir():
             path = _pick_in_folder(spec, path, required=True)  # type: ignore[assignment]
-        digest = _verify_if_known(spec, path)
-        return ResolvedWeights(path, "explicit", sha256=digest)
+        return ResolvedWeights(path, "explicit"), []
     if source.asset is not None:
         path = _package_asset_path(source.asset)
         if not path.is_file():
@@ -312,19 +368,8 @@ def resolve_weights(
                 f"package asset {source.asset!r} of encoder {spec.id!r} is missing ({path}); reinstall irepa or "
                 "pass --weights PATH"
             )
-        digest = verify_checksum(path, source.sha256, f"encoder {spec.id!r}") if source.sha256 else None
-        return ResolvedWeights(path, "package", sha256=digest)
-
-    found, looked = find_local_weights(spec, locations, revision=revision)
-    if found is not None:
-        digest = _verify_if_known(spec, found.path)
-        return dataclasses.replace(found, sha256=digest)
-    if locations.offline:
-        raise WeightsNotFoundError(_missing_message(spec, looked, "offline mode is on"))
-    try:
-        return download_weights(spec, locations=locations, revision=revision, into_hf_cache=True)
-    except WeightsNotFoundError as exc:
-        raise WeightsNotFoundError(_missing_message(spec, looked, str(exc))) from exc
+        return ResolvedWeights(path, "package"), []
+    return find_local_weights(spec, locations, revision=revision)
 
 
 def _verify_if_known(spec: EncoderSpec, path: Path) -> str | None:
@@ -334,13 +379,13 @@ def _verify_if_known(spec: EncoderSpec, path: Path) -> str | None:
     return verify_checksum(path, expected, f"encoder {spec.id!r}") if expected else None
 
 
-def _fix_hint(spec: EncoderSpec) -> str:
+def _fix_hint(spec: EncoderSpec, weights_hint: str = "--weights PATH") -> str:
     source = spec.weights
     assert source is not None
     hint = f"run `irepa encoders download {spec.id}` on a connected machine (and copy its cache folder here)"
     if source.repo_id is None and source.url is None:
         hint = "reinstall irepa"
-    hint += ", or pass --weights PATH"
+    hint += f", or pass {weights_hint}"
     if source.url is not None:
         hint += f" (official file: {source.url})"
     elif source.homepage:
@@ -358,12 +403,13 @@ def _gated_hint(spec: EncoderSpec) -> str:
     )
 
 
-def _missing_message(spec: EncoderSpec, looked: list[str], reason: str) -> str:
+def _missing_message(spec: EncoderSpec, looked: list[str], reason: str, weights_hint: str = "--weights PATH") -> str:
     source = spec.weights
     assert source is not None
     where = "; ".join(looked) if looked else "no cache locations given"
     message = (
-        f"no weights for encoder {spec.id!r} ({source.describe()}): looked in {where}; {reason}. Fix: {_fix_hint(spec)}"
+        f"no weights for encoder {spec.id!r} ({source.describe()}): looked in {where}; {reason}. "
+        f"Fix: {_fix_hint(spec, weights_hint)}"
     )
     if spec.gated:
         message += f". Note: {_gated_hint(spec)}"
@@ -372,6 +418,61 @@ def _missing_message(spec: EncoderSpec, looked: list[str], reason: str) -> str:
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Download
+
+
+class NoNetworkError(WeightsNotFoundError):
+    """The server of a download cannot be reached (no network, DNS failure, firewall, proxy refusing).
+
+    Attributes:
+        reason: What failed, in a few words (``no network: cannot reach https://huggingface.co within 5 s (...)``).
+    """
+
+    def __init__(self, spec: EncoderSpec, server: str, exc: BaseException) -> None:
+        self.reason = (
+            f"no network: cannot reach {server} within {PROBE_TIMEOUT_S:g} s ({first_line(exc, max_chars=160)})"
+        )
+        super().__init__(
+            f"{self.reason}; to work offline, run `irepa encoders download {spec.id}` on a connected machine, copy "
+            "its cache folder here (IREPA_CACHE) and pass --offline"
+        )
+
+
+def _probe_server(spec: EncoderSpec) -> None:
+    """One request, without retries, to the server a download of ``spec`` would use.
+
+    huggingface_hub retries network errors with back-off (about 25 s before its error when names do not resolve,
+    far longer when packets are dropped); a plain download URL waits 30 s. Any HTTP answer, even an error status,
+    means the network is up and the download proceeds as usual. The request goes through the same client as the
+    download (huggingface_hub's session, or urllib for URLs), so proxies and certificates configured for it apply.
+
+    Raises:
+        NoNetworkError: No answer within :data:`PROBE_TIMEOUT_S`.
+    """
+    source = spec.weights
+    assert source is not None
+    if source.url is not None:
+        import urllib.error
+        import urllib.parse
+        import urllib.request
+
+        if urllib.parse.urlsplit(source.url).scheme not in ("http", "https"):
+            return  # file:// and friends need no network
+        try:
+            with urllib.request.urlopen(urllib.request.Request(source.url, method="HEAD"), timeout=PROBE_TIMEOUT_S):
+                return
+        except urllib.error.HTTPError:
+            return  # the server answered
+        except (urllib.error.URLError, OSError) as exc:
+            raise NoNetworkError(spec, source.url, exc) from exc
+    from huggingface_hub import constants, errors
+    from huggingface_hub.utils import get_session
+
+    try:
+        get_session().head(constants.ENDPOINT, timeout=PROBE_TIMEOUT_S)
+    except errors.OfflineModeIsEnabled:
+        return  # huggingface_hub's own offline switch (HF_HUB_OFFLINE): the download reports it at once
+    except Exception as exc:  # the transport's errors (connect, DNS, TLS, proxy, timeout); statuses do not raise
+        raise NoNetworkError(spec, constants.ENDPOINT, exc) from exc
 
 
 def download_weights(
@@ -389,7 +490,8 @@ def download_weights(
     and checksum.
 
     Raises:
-        WeightsNotFoundError: Offline, no network, or the Hub has no such file/revision.
+        NoNetworkError: The server does not answer the probe (a :class:`WeightsNotFoundError`).
+        WeightsNotFoundError: Offline, or the Hub has no such file/revision.
         IrepaError: Gated repository without access; checksum mismatch; nowhere to put a URL download.
     """
     source = spec.weights
@@ -407,10 +509,12 @@ def download_weights(
         folder = cache_folder(spec, locations.cache_dir)
         assert source.filename is not None
         path = folder / source.filename
+        _probe_server(spec)
         _download_url(source.url, path)
         digest = verify_checksum(path, source.sha256, f"encoder {spec.id!r}") if source.sha256 else sha256_file(path)
         write_json(folder / "SOURCE.json", {"encoder": spec.id, "url": source.url, "sha256": digest})
         return ResolvedWeights(path, "download", sha256=digest)
+    _probe_server(spec)
     path = _hub_download(spec, revision, locations.hf_cache_dir, local_dir)
     commit = _hub_revision_of(path)
     digest = None

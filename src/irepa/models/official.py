@@ -26,7 +26,9 @@ patch, depth, grid, heads (from the QK-norm width), in-context length; the in-co
 reveals, comes from the model name (given or ``args.model``) or the standard size table. The RoPE tables are not in
 JiT state dicts (irepa computes them too). The SiT architecture is detected from tensor shapes (depth, width, patch,
 channels, classes, QK-norm, grid); the head count, which no shape reveals, comes from an explicit model name, the
-checkpoint's ``args.model``, the width of QK-norm weights, or the standard width → heads table. Projectors (REPA
+checkpoint's ``args.model``, the width of QK-norm weights, or the standard width → heads table. What the weights
+are is labelled from these shapes alone (:func:`architecture_label`: a registered name or "custom SiT config (...)"),
+and an ``args.model`` that names another size gets a warning. Projectors (REPA
 ``projectors.K.{0,2,4}.*`` and iREPA ``projectors.K.projection_layer.*``) are renamed to
 :class:`irepa.align.RepresentationAligner`'s layout (``projectors.K.net.*``); their kind and conv kernel size are
 read from the weight shapes (the kernel the released iREPA-ldm runs used is whatever the weights say: the ldm CLI
@@ -60,6 +62,7 @@ __all__ = [
     "ALLOWED_GLOBALS",
     "OfficialCheckpoint",
     "ProjectorInfo",
+    "architecture_label",
     "detect_architecture",
     "detect_jit_architecture",
     "is_jit_state",
@@ -252,8 +255,11 @@ def detect_architecture(
         ),
         None,
     )
-    if name is None:  # a non-standard size: the closest registered name, every field given explicitly
-        name = arg_model if isinstance(arg_model, str) and arg_model in MODELS else f"SiT-S/{patch}"
+    if name is None:
+        # A non-standard size: built by a registered factory of the same patch with every field given explicitly.
+        # The factory is only a builder, never a label (architecture_label says "custom"), and args.model is not
+        # used for it: a run's args can name a size its weights are not (issue 10, item 13).
+        name = f"SiT-S/{patch}"
     return name, kwargs
 
 
@@ -344,6 +350,31 @@ def detect_jit_architecture(
         )
     # A non-standard size or patch: the closest registered name, every field given explicitly.
     return (name if name in MODELS else f"JiT-B/{16 if patch not in (16, 32) else patch}"), detected
+
+
+def architecture_label(kwargs: Mapping[str, Any]) -> str:
+    """What a SiT / JiT with these constructor arguments is: a registered name, or a custom config with its sizes.
+
+    The registered name is the one whose size (depth, width, heads, patch; for JiT also the bottleneck and the
+    in-context start block) equals ``kwargs`` and whose MLP ratio is the standard 4, whatever name the model was
+    built or labelled with elsewhere.
+
+    Example:
+        ``architecture_label(sit_kwargs)`` is ``"SiT-XL/2"`` for depth 28, width 1152, 16 heads, patch 2, and
+        ``"custom SiT config (depth 2, width 64, 4 heads, patch 2)"`` for a tiny test model.
+    """
+    jit = "bottleneck_dim" in kwargs
+    if float(kwargs.get("mlp_ratio", 4.0)) == 4.0:
+        for name in MODELS.list("JiT-*" if jit else "SiT-*"):
+            if all(kwargs.get(key) == value for key, value in MODELS.get(name).defaults.items()):
+                return name
+    sizes = f"depth {kwargs['depth']}, width {kwargs['hidden_size']}, {kwargs['num_heads']} heads, "
+    sizes += f"patch {kwargs['patch_size']}"
+    if jit:
+        sizes += f", bottleneck {kwargs['bottleneck_dim']}"
+    if float(kwargs.get("mlp_ratio", 4.0)) != 4.0:
+        sizes += f", mlp ratio {float(kwargs['mlp_ratio']):g}"
+    return f"custom {'JiT' if jit else 'SiT'} config ({sizes})"
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -468,7 +499,8 @@ class OfficialCheckpoint:
         container: ``"training-dict"`` (``model``/``ema``/``args``/... or JiT's ``model_ema1``/...) or
             ``"state-dict"`` (bare weights).
         which: ``"ema"``, ``"ema2"`` (JiT's second EMA) or ``"model"``: which weights were taken.
-        model_name: Registry name (``"SiT-XL/2"``, ``"JiT-B/16"``).
+        model_name: Registry name of the factory that builds it (``"SiT-XL/2"``, ``"JiT-B/16"``); for a size that
+            no registered name has, a factory of the same family and patch (every field is in ``model_kwargs``).
         model_kwargs: Full model kwargs; ``build_model(model_name, **model_kwargs)``.
         state_dict: Model weights in irepa's (= the official) key layout.
         projectors: Projector weights in the aligner layout (``projectors.K.net.*``); empty if none.
@@ -476,6 +508,9 @@ class OfficialCheckpoint:
         latent_normalization: From REPA-E's ``bn`` buffers, or None.
         args: The pickled ``args`` as a plain dict (None for bare state dicts).
         steps: Training steps recorded in the file (JiT records epochs: None), or None.
+        architecture: What the weights are, from their shapes (:func:`architecture_label`): a registered name or
+            ``"custom SiT config (depth …, width …, … heads, patch …)"``.
+        warnings: One line each, e.g. the checkpoint's ``args.model`` naming another architecture than its weights.
     """
 
     path: Path
@@ -490,6 +525,8 @@ class OfficialCheckpoint:
     latent_normalization: dict[str, Any] | None
     args: dict[str, Any] | None
     steps: int | None
+    architecture: str = ""
+    warnings: list[str] = dataclasses.field(default_factory=list)
 
     def build_model(self, device: torch.device | str = "cpu") -> nn.Module:
         """The model with these weights, in eval mode (built on ``meta``, weights assigned, then moved)."""
@@ -620,9 +657,34 @@ def load_official_checkpoint(
         expected = MODELS.get(name)(**kwargs).state_dict()
     problem = state_dict_mismatch(expected, sit_state)
     if problem:
-        raise IrepaError(f"checkpoint {str(path)!r} does not match {name} {_arch_summary(kwargs)}: {problem}")
+        hint = ""
+        arg_model = (args or {}).get("model")
+        if (
+            model_name is None
+            and isinstance(arg_model, str)
+            and arg_model in MODELS
+            and MODELS.canonical(arg_model) == name
+        ):
+            # JiT: a registered args.model supplies the in-context start block, which no shape shows.
+            hint = " (the checkpoint's args.model names it; pass --model with the architecture of the weights)"
+        raise IrepaError(f"checkpoint {str(path)!r} does not match {name} {_arch_summary(kwargs)}{hint}: {problem}")
     if info is not None and info.in_dim != kwargs["hidden_size"]:
         raise IrepaError(f"projectors take width {info.in_dim} but the blocks output {kwargs['hidden_size']}")
+
+    architecture = architecture_label(kwargs)
+    warnings = []
+    arg_model = (args or {}).get("model")
+    if model_name is None and isinstance(arg_model, str) and arg_model in MODELS:
+        named = MODELS.canonical(arg_model)
+        if named != architecture:
+            # The weights were built by the run, the args merely describe it: the weights win (the detection above
+            # never takes a size from args.model that the shapes contradict).
+            defaults = MODELS.get(named).defaults
+            sizes = f"depth {defaults['depth']}, width {defaults['hidden_size']}, {defaults['num_heads']} heads"
+            warnings.append(
+                f"the checkpoint's args name the model {named} ({sizes}) but its weights are {architecture}; "
+                "converting what the weights are"
+            )
 
     args_keys = set(args or {})
     if jit:
@@ -646,6 +708,8 @@ def load_official_checkpoint(
         latent_normalization=_bn_normalization(bn) if bn else None,
         args=args,
         steps=steps,
+        architecture=architecture,
+        warnings=warnings,
     )
 
 

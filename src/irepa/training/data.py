@@ -105,6 +105,23 @@ def _ignore_stop_signals(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+class _Batches:
+    """The trainer's endless micro-batch iterator: a view of :class:`TrainData`, which owns the loader's iterator.
+
+    It holds no reference to the DataLoader iterator itself, so :meth:`TrainData.close` really releases the workers
+    even while this object is still referenced (e.g. by the frames of an exception's traceback).
+    """
+
+    def __init__(self, data: TrainData) -> None:
+        self._data = data
+
+    def __iter__(self) -> _Batches:
+        return self
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        return self._data.next_batch()
+
+
 class TrainData:
     """Dataset, resumable sampler and loader of one training process, plus the ``x0`` conversion.
 
@@ -158,7 +175,7 @@ class TrainData:
         self.normalization = (
             latent_normalization(cfg.latent_norm, self.stores["latents"]) if self.space == "latent" else None
         )
-        self._loader: Any = None
+        self._batches: Iterator[dict[str, torch.Tensor]] | None = None
 
     # -- description ---------------------------------------------------------------------------------------------------
 
@@ -203,7 +220,7 @@ class TrainData:
 
         self.close()
         workers = self.cfg.num_workers
-        self._loader = DataLoader(
+        loader = DataLoader(
             self.dataset,
             batch_size=self.micro_batch_size,
             sampler=self.sampler,
@@ -214,11 +231,45 @@ class TrainData:
             drop_last=False,
             worker_init_fn=_ignore_stop_signals if workers > 0 else None,
         )
-        return iter(self._loader)
+        self._batches = iter(loader)
+        return _Batches(self)
+
+    def next_batch(self) -> dict[str, torch.Tensor]:
+        """The next micro-batch (CPU tensors, pinned on CUDA).
+
+        Raises:
+            IrepaError: The data was closed (no :meth:`iterator` open), or a store could not be read (an ``OSError``
+                in this process or in a DataLoader worker: a damaged shard, a lost network mount).
+        """
+        if self._batches is None:
+            raise IrepaError("the training data was closed; call TrainData.iterator() again before reading batches")
+        try:
+            return next(self._batches)
+        except OSError as exc:
+            # A worker's exception arrives as its whole traceback; the original error is its last line.
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            cause = lines[-1] if lines else type(exc).__name__
+            if not cause.startswith(type(exc).__name__):
+                cause = f"{type(exc).__name__}: {cause}"
+            where = " in a DataLoader worker" if "DataLoader worker" in str(exc) else ""
+            stores = ", ".join(str(store.path) for store in self.stores.values())
+            raise IrepaError(
+                f"reading a training batch failed{where} ({cause}); check the store with `irepa data info "
+                f"STORE --verify` (stores: {stores}) and rerun the same command to resume"
+            ) from exc
 
     def close(self) -> None:
-        """Release the loader (and its worker processes)."""
-        self._loader = None
+        """Shut the worker processes down now and drop the loader (idempotent).
+
+        Called on every exit path of the trainer, the failing ones included. Dropping the last reference is not
+        enough there: the traceback of an exception keeps the frames that hold the iterator alive, and the
+        interpreter then waits at exit for workers that nobody stops (the run hangs after printing its error).
+        """
+        batches, self._batches = self._batches, None
+        # DataLoader has no public shutdown; its multi-process iterator's own (idempotent) one is what __del__ calls.
+        shutdown = getattr(batches, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
 
     def advance(self, num_samples: int) -> None:
         """Record ``num_samples`` global samples as consumed (once per optimizer step)."""

@@ -245,7 +245,7 @@ class Trainer:
         #: No host sync inside a step (optim.fused without the fp16 loss scaler): the fused AdamW skips a non-finite
         #: update on the device and the guard's flags are read at log intervals, checkpoints and snapshots.
         self.deferred_guard = cfg.optim.fused and self.scaler is None
-        self._deferred: list[tuple[int, str, torch.Tensor, list[str], torch.Tensor]] = []
+        self._deferred: list[tuple[Any, ...]] = []  # (step, where, nonfinite, term names, finite terms, samples)
         self._pending_stop: tuple[torch.Tensor, Any] | None = None
 
         # Per-step randomness: one generator, same seed and state on every process (see train_step).
@@ -348,15 +348,8 @@ class Trainer:
             write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
         self.accelerator.wait_for_everyone()
         self._print_summary()
-        every = cfg.train.snapshot_every_steps
-        if (
-            self._resumed_from is not None
-            and every > 0
-            and self.step > 0
-            and self.step % every == 0
-            and not self.snapshot_path(self.step).exists()
-        ):  # the run stopped (SIGTERM, SIGKILL, full disk) between the checkpoint and its snapshot: write it now
-            self.save_snapshot()
+        if self._resumed_from is not None and self.step > 0:
+            self._complete_snapshots()
         hooks = [
             Hook("checkpoint", cfg.train.checkpoint_every_steps, lambda t: t.save_checkpoint()),
             Hook("snapshot", cfg.train.snapshot_every_steps, lambda t: t.save_snapshot()),
@@ -409,7 +402,7 @@ class Trainer:
         accum = cfg.optim.grad_accumulation
         # The step's randomness for the whole global batch, from the one generator (same state on every process).
         draws = self.objective.draw(cfg.optim.global_batch_size, self.generator, self.device)
-        micro_batches: list[dict[str, torch.Tensor]] = []  # kept for later phases only
+        micro_batches: list[dict[str, torch.Tensor]] = []  # the step's data, kept until the step ends
         fetched = 0
         multi = len(self.phases) > 1
         terms_sum: dict[str, torch.Tensor] = {}
@@ -431,8 +424,7 @@ class Trainer:
                         batch = next(batches)
                     batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
                     fetched += 1
-                    if multi:
-                        micro_batches.append(batch)
+                    micro_batches.append(batch)  # later phases reuse them; a non-finite step names their samples
                 # This process's samples of the global batch: positions r, r + W, r + 2W, ... (the sampler's layout).
                 positions = (
                     torch.arange(micro * self.batch_size, (micro + 1) * self.batch_size, device=self.device)
@@ -459,7 +451,9 @@ class Trainer:
                 if every and (self.step + 1) % every == 0:
                     grads = {self._param_names.get(id(p), str(i)): p.grad for i, p in enumerate(params)}
                     check_replicas_in_sync(grads, what="gradients", step=self.step + 1)
-            phase_skipped, phase_stop, grad_norm = self._step_optimizer(optimizer, params, phase.optimizer, terms_sum)
+            phase_skipped, phase_stop, grad_norm = self._step_optimizer(
+                optimizer, params, phase.optimizer, terms_sum, micro_batches
+            )
             grad_norms[prefix + "grad_norm"] = grad_norm
             if isinstance(phase_skipped, torch.Tensor):  # a device flag: combine without reading it
                 skipped = phase_skipped if skipped is False else skipped | phase_skipped
@@ -491,11 +485,13 @@ class Trainer:
         params: list[nn.Parameter],
         name: str,
         terms: dict[str, torch.Tensor],
+        batches: list[dict[str, torch.Tensor]],
     ) -> tuple[bool | torch.Tensor, bool, torch.Tensor]:
         """Clip, check and apply one optimizer's accumulated gradients. Returns ``(skipped, stop, grad_norm)``.
 
-        With the deferred guard (:attr:`deferred_guard`) ``skipped`` is a 0-d bool device tensor and nothing is read
-        from the device.
+        ``terms`` (the step's summed loss terms) and ``batches`` (its micro-batches) only serve the warning of a
+        non-finite step. With the deferred guard (:attr:`deferred_guard`) ``skipped`` is a 0-d bool device tensor
+        and nothing is read from the device.
         """
         cfg = self.config
         if self.scaler is not None:
@@ -506,7 +502,7 @@ class Trainer:
         else:
             grad_norm = torch.nn.utils.get_total_norm(grads)
         if self.deferred_guard:
-            return self._step_optimizer_deferred(optimizer, name, terms, grad_norm)
+            return self._step_optimizer_deferred(optimizer, name, terms, batches, grad_norm)
         # The one host sync per optimizer: is the update finite, and did any process receive a stop signal?
         flags = torch.stack(
             [(~torch.isfinite(grad_norm)).float(), torch.tensor(float(bool(self._stop)), device=self.device)]
@@ -514,7 +510,7 @@ class Trainer:
         if self.world_size > 1:
             flags = self.accelerator.reduce(flags, reduction="sum")
         nonfinite, stop = (bool(v > 0) for v in flags.tolist())
-        hint = _nonfinite_terms(terms) if nonfinite else ""
+        hint = f" ({_nonfinite_terms(terms)}; {self._nonfinite_samples(batches)})" if nonfinite else ""
         where = f" of optimizer {name!r}" if len(self.optimizers) > 1 else ""
         skip = self.guard.observe(not nonfinite, step=self.step + 1, hint=hint)
         if skip:
@@ -532,17 +528,24 @@ class Trainer:
         return skip, stop, grad_norm
 
     def _step_optimizer_deferred(
-        self, optimizer: torch.optim.Optimizer, name: str, terms: dict[str, torch.Tensor], grad_norm: torch.Tensor
+        self,
+        optimizer: torch.optim.Optimizer,
+        name: str,
+        terms: dict[str, torch.Tensor],
+        batches: list[dict[str, torch.Tensor]],
+        grad_norm: torch.Tensor,
     ) -> tuple[torch.Tensor, bool, torch.Tensor]:
         """The guard and the update without a host sync (fused AdamW skips a flagged update on the device)."""
         nonfinite = ~torch.isfinite(grad_norm)
         if self.world_size > 1:  # identical after the gradient all-reduce; agreed explicitly all the same
             nonfinite = self.accelerator.reduce(nonfinite.float(), reduction="sum") > 0
         skip = self.guard.observe_on_device(nonfinite)
-        # Read at the next settle_guard (log interval, checkpoint, snapshot): the flags and which terms were finite.
+        # Read at the next settle_guard (log interval, checkpoint, snapshot): the flags, which terms were finite and
+        # which samples held non-finite inputs (what the warning of a skipped step names).
         finite_terms = torch.stack([torch.isfinite(v).all() for v in terms.values()])
         where = f" of optimizer {name!r}" if len(self.optimizers) > 1 else ""
-        self._deferred.append((self.step + 1, where, nonfinite, list(terms), finite_terms))
+        samples = self._sample_flags(batches)
+        self._deferred.append((self.step + 1, where, nonfinite, list(terms), finite_terms, samples))
         scale = self._lr_scale(self.step)
         for group in optimizer.param_groups:
             group["lr"] = self._base_lr[name] * scale
@@ -592,16 +595,51 @@ class Trainer:
         pending, self._deferred = self._deferred, []
         flags = torch.cat([torch.stack([p[2].reshape(()), *(~p[4])]) for p in pending]).tolist()
         offset = 0
-        for step, where, _, names, _ in pending:
+        for step, where, _, names, _, samples in pending:
             nonfinite, bad = flags[offset], flags[offset + 1 : offset + 1 + len(names)]
             offset += 1 + len(names)
             if not nonfinite:
                 self.guard.observe(True, step=step)
                 continue
-            bad_names = [n for n, b in zip(names, bad) if b]
-            hint = f" (non-finite terms: {', '.join(bad_names)})" if bad_names else " (loss finite, gradients not)"
+            terms_text = _terms_text([n for n, b in zip(names, bad) if b])
+            hint = f" ({terms_text}; {self._describe_samples(samples)})"
             self.guard.observe(False, step=step, hint=hint)
             self.logger.warning(f"step {step}: skipped, non-finite gradients{where}{hint}")
+
+    def _nonfinite_samples(self, batches: list[dict[str, torch.Tensor]]) -> str:
+        """``non-finite inputs: samples 12, 40 ...`` or ``inputs finite, samples of the step: 3, 7, ...``.
+
+        Names dataset indices (``batch["index"]``) over all processes, so that the bad data can be found in the store.
+        A collective: every process calls it, as every process agrees that the step is non-finite.
+        """
+        return self._describe_samples(self._sample_flags(batches))
+
+    def _sample_flags(self, batches: list[dict[str, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The step's dataset indices and per-sample "stored input non-finite" flags, on the device (no sync)."""
+        indices, bad = [], []
+        for batch in batches:
+            rows = torch.zeros(len(batch["index"]), dtype=torch.bool, device=self.device)
+            for value in batch.values():
+                if value.is_floating_point():  # latent moments (uint8 images cannot hold NaN)
+                    rows |= ~torch.isfinite(value.flatten(1)).all(dim=1)
+            indices.append(batch["index"])
+            bad.append(rows)
+        if not indices:
+            return None
+        return torch.cat(indices), torch.cat(bad)
+
+    def _describe_samples(self, flags: tuple[torch.Tensor, torch.Tensor] | None) -> str:
+        """The text of :meth:`_nonfinite_samples` from :meth:`_sample_flags` (a collective; reads the device)."""
+        if flags is None:
+            return "no data read"
+        index, flag = flags
+        if self.world_size > 1:
+            index, flag = self.accelerator.gather(index), self.accelerator.gather(flag)
+        index, flag = index.tolist(), flag.tolist()
+        named = [i for i, b in zip(index, flag, strict=True) if b]
+        if named:
+            return f"non-finite inputs: samples {_some(sorted(named))} of the data store"
+        return f"inputs finite, samples of the step: {_some(sorted(index))}"
 
     def _lr_scale(self, step: int) -> float:
         """Warmup factor of every optimizer's learning rate at ``step``."""
@@ -766,6 +804,33 @@ class Trainer:
         """Where the EMA snapshot of ``step`` is written."""
         return snapshot_path(self.run_dir, step)
 
+    def _complete_snapshots(self) -> None:
+        """On resume: every EMA snapshot due up to the checkpoint's step exists, or the log says which cannot.
+
+        The snapshot of the checkpoint's own step is written from the checkpoint's EMA when missing (the run stopped
+        by SIGTERM, SIGKILL or a full disk between the checkpoint and its snapshot). An earlier one cannot be rebuilt,
+        since a checkpoint holds the EMA of its own step only; the trainer never loses one (a failed snapshot write
+        stops the run before any later checkpoint), so a gap means the file was removed: a warning names it.
+        """
+        every = self.config.train.snapshot_every_steps
+        if every > 0 and self.step % every == 0 and not self.snapshot_path(self.step).exists():
+            self.save_snapshot()
+        if not self.is_main:
+            return
+        # The interval in force when the checkpoint was written (the setting may change on resume).
+        old_config = yaml.safe_load(self._resumed_from.texts.get("config.yaml", "")) or {}
+        old_every = int((old_config.get("train") or {}).get("snapshot_every_steps", every) or 0)
+        if old_every <= 0:
+            return
+        written = {path.name for path in self.snapshot_path(0).parent.glob("ema-*.safetensors")}
+        missing = [s for s in range(old_every, self.step, old_every) if self.snapshot_path(s).name not in written]
+        if missing:
+            self.logger.warning(
+                f"EMA snapshot(s) of step {_some(missing)} are missing from {self.snapshot_path(0).parent} and cannot "
+                f"be rebuilt (checkpoint {self._resumed_from.path.name} holds the EMA of step {self.step} only); "
+                "restore them from a copy if you need them"
+            )
+
     def save_snapshot(self) -> Path:
         """Write the EMA inference snapshot for the current step (rank 0 writes; call on every process).
 
@@ -926,7 +991,17 @@ def _grid(images: torch.Tensor) -> Any:
     return canvas.numpy()
 
 
+def _some(values: list[int], limit: int = 16) -> str:
+    """``"1, 2, 3"``, or the first ``limit`` values and how many more."""
+    shown = ", ".join(str(v) for v in values[:limit])
+    return shown if len(values) <= limit else f"{shown}, ... ({len(values)} in all)"
+
+
 def _nonfinite_terms(terms: dict[str, torch.Tensor]) -> str:
-    """`` (non-finite: denoise, align)`` naming the non-finite loss terms (syncs; only called on bad steps)."""
-    bad = [name for name, value in terms.items() if not bool(torch.isfinite(value).all())]
-    return f" (non-finite terms: {', '.join(bad)})" if bad else " (loss finite, gradients not)"
+    """``non-finite terms: denoise, align`` naming the non-finite loss terms (syncs; only called on bad steps)."""
+    return _terms_text([name for name, value in terms.items() if not bool(torch.isfinite(value).all())])
+
+
+def _terms_text(bad: list[str]) -> str:
+    """The text of :func:`_nonfinite_terms` from the names of the non-finite terms."""
+    return f"non-finite terms: {', '.join(bad)}" if bad else "loss finite, gradients not"

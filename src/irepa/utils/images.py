@@ -6,9 +6,11 @@ form (``n01440764/n01440764_10026``). Keys, not sort positions, pair images with
 
 Input policy (one rule for all tools):
 - 8-bit grayscale (``L``), palette (``P``), ``RGBA``/``LA`` (alpha dropped) and ``CMYK`` are converted to RGB; the
-  conversion is counted and reported, or refused with ``strict_mode=True``.
+  conversion is counted and reported, or refused with ``strict_mode=True`` (:class:`NonRGBImageError`, counted
+  apart from unreadable files: the file is fine, the user asked not to convert it).
 - 16-bit and float images (``I;16``, ``I``, ``F``) are refused: silently truncating them to 8 bits changes the data.
-- Unreadable files are skipped and counted (``on_error="skip"``) or stop the run (``on_error="fail"``).
+- Unreadable files and strict-mode refusals are skipped and counted, each in its own counter (``on_error="skip"``),
+  or the first one stops the run (``on_error="fail"``).
 - Size: ``size=None`` keeps the image as it is; otherwise ``crop`` decides: ``"adm"`` is ADM's centre crop (the
   protocol of REPA/iREPA/ADM data preparation), ``"resize"`` a plain bicubic resize, ``"none"`` refuses images of
   another size.
@@ -35,6 +37,10 @@ _HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 Crop = Literal["adm", "resize", "none"]
 OnError = Literal["skip", "fail"]
+
+
+class NonRGBImageError(IrepaError):
+    """A readable image refused because it is not RGB and strict mode forbids converting it."""
 
 
 def list_images(root: str | Path, recursive: bool = True) -> list[Path]:
@@ -85,14 +91,18 @@ class ReadStats:
     converted: int = 0
     skipped: int = 0
     skipped_files: list[str] = dataclasses.field(default_factory=list)
+    refused_non_rgb: int = 0
+    refused_files: list[str] = dataclasses.field(default_factory=list)
 
     def summary(self) -> str:
-        """One line: ``1000 images read, 3 converted to RGB, 1 unreadable skipped``."""
+        """One line: ``1000 images read, 3 converted to RGB, 1 unreadable skipped, 2 non-RGB refused``."""
         parts = [f"{self.read} images read"]
         if self.converted:
             parts.append(f"{self.converted} converted to RGB")
         if self.skipped:
             parts.append(f"{self.skipped} unreadable skipped")
+        if self.refused_non_rgb:
+            parts.append(f"{self.refused_non_rgb} non-RGB refused (strict mode)")
         return ", ".join(parts)
 
 
@@ -115,7 +125,8 @@ def load_image(
         stats: Optional counter updated with conversions.
 
     Raises:
-        IrepaError: Unreadable file, 16-bit/float image, non-RGB image in strict mode, wrong size with
+        NonRGBImageError: A convertible non-RGB image (grayscale, RGBA, palette, ...) in strict mode.
+        IrepaError: Unreadable file, 16-bit/float image, a mode that has no RGB conversion, wrong size with
             ``crop="none"``.
     """
     path = Path(path)
@@ -130,8 +141,15 @@ def load_image(
             f"image {str(path)!r} has {image.mode} pixels (16-bit or float); convert it to 8-bit RGB first"
         )
     if image.mode != "RGB":
-        if strict_mode or image.mode not in _CONVERTIBLE_MODES:
-            raise IrepaError(f"image {str(path)!r} is {image.mode}, not RGB; convert it to RGB (or drop strict mode)")
+        if image.mode not in _CONVERTIBLE_MODES:
+            raise IrepaError(
+                f"image {str(path)!r} is {image.mode}, which irepa cannot convert; convert it to RGB first"
+            )
+        if strict_mode:
+            raise NonRGBImageError(
+                f"image {str(path)!r} is {image.mode}, not RGB; convert it to RGB (or drop strict mode to convert it "
+                "while reading)"
+            )
         image = image.convert("RGB")
         if stats is not None:
             stats.converted += 1
@@ -163,8 +181,12 @@ def iter_image_batches(
 
     Images within one batch must share a size: pass ``size`` for folders of mixed sizes.
 
+    With ``on_error="skip"``, unreadable files are counted in ``stats.skipped`` and strict-mode refusals in
+    ``stats.refused_non_rgb``; with ``"fail"`` either stops the run.
+
     Raises:
-        IrepaError: On a bad file with ``on_error="fail"``, or on mixed sizes without ``size``.
+        IrepaError: On a bad file with ``on_error="fail"`` (:class:`NonRGBImageError` for a strict-mode refusal),
+            or on mixed sizes without ``size``.
     """
     stats = stats if stats is not None else ReadStats()
     root = Path(root) if root is not None else None
@@ -173,6 +195,12 @@ def iter_image_batches(
     for path in files:
         try:
             arr = load_image(path, size=size, crop=crop, strict_mode=strict_mode, stats=stats)
+        except NonRGBImageError:
+            if on_error == "fail":
+                raise
+            stats.refused_non_rgb += 1
+            stats.refused_files.append(str(path))
+            continue
         except IrepaError:
             if on_error == "fail":
                 raise

@@ -14,6 +14,8 @@ DINOv2-B-shaped targets (B, 256, 768) as the bare step (the teacher's forward is
 Rows (median of the timed rounds; the three steps timed round-robin in one process, so machine load hits all
 alike): ``trainer`` (``Trainer.train_step``, PyTorch's default AdamW as the official code), ``trainer-fused``
 (the same with ``optim.fused=true``) and ``bare`` (the official loop as described, PyTorch's default AdamW).
+``adamw_update_ms``: ``optimizer.step()`` alone of the for-loop (PyTorch's CPU default), ``foreach`` and ``fused``
+AdamW on the same parameters, stepped round-robin.
 """
 
 from __future__ import annotations
@@ -137,6 +139,34 @@ def _bare_step(trainer, targets: dict[str, torch.Tensor], depth: int, batch: int
     return step
 
 
+def _adamw_ms(model_overrides: dict, rounds: int) -> dict[str, float]:
+    """``optimizer.step()`` alone of PyTorch's AdamW implementations on SiT-B/2 + conv projector parameters.
+
+    The three optimizers step round-robin over the same parameters (random gradients); median ms per update.
+    """
+    from irepa.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("SiT-B/2", **model_overrides)
+    projector = nn.Conv2d(model.hidden_size, 768, kernel_size=3, padding=1)
+    params = [p for p in model.parameters() if p.requires_grad] + list(projector.parameters())
+    for p in params:
+        p.grad = torch.randn_like(p) * 1e-3
+    optimizers = {
+        "for-loop": torch.optim.AdamW(params, lr=1e-4, foreach=False),
+        "foreach": torch.optim.AdamW(params, lr=1e-4, foreach=True),
+        "fused": torch.optim.AdamW(params, lr=1e-4, fused=True),
+    }
+    times: dict[str, list[float]] = {name: [] for name in optimizers}
+    for i in range(rounds + 1):
+        for name, optimizer in optimizers.items():
+            start = time.perf_counter()
+            optimizer.step()
+            if i:  # the first round allocates the state
+                times[name].append(time.perf_counter() - start)
+    return {name: round(1000 * statistics.median(t), 1) for name, t in times.items()}
+
+
 def main(quick: bool = False) -> dict:
     """Time the trainer step and the bare steps; ``quick``: a 1-block SiT-B/2, one round (keeps the script working)."""
     if quick:
@@ -163,6 +193,8 @@ def main(quick: bool = False) -> dict:
         trainer.data.close()
         fused.data.close()
     ms = {name: round(1000 * statistics.median(t), 1) for name, t in times.items()}
+    adamw = _adamw_ms({"depth": 1} if quick else {}, rounds)
+    print(f"AdamW update alone: {adamw}", flush=True)
     for name, value in ms.items():
         print(f"SiT-B/2 iREPA batch {batch} {name:<13} {value:>9.1f} ms/step", flush=True)
     return {
@@ -172,6 +204,7 @@ def main(quick: bool = False) -> dict:
         "step_ms": ms,
         "trainer_over_bare": round(ms["trainer"] / ms["bare"], 3),
         "trainer_fused_over_bare": round(ms["trainer-fused"] / ms["bare"], 3),
+        "adamw_update_ms": adamw,
     }
 
 

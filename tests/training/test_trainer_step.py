@@ -163,3 +163,17 @@ def test_fused_cuda_steps_do_not_synchronize(tmp_path, pixel_store, pixel_overri
 
     trainer.train_step = step
     assert trainer.fit().step == 3
+
+
+def test_bench_trainer_step_quick():
+    # keeps benchmarks/bench_trainer_step.py working (its numbers are not checked)
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_trainer_step.py"
+    spec = importlib.util.spec_from_file_location("bench_trainer_step", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    result = module.main(quick=True)
+    assert set(result["step_ms"]) == {"trainer", "trainer-fused", "bare"}
+    assert set(result["adamw_update_ms"]) == {"for-loop", "foreach", "fused"}

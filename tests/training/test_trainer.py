@@ -292,21 +292,25 @@ def test_store_not_matching_the_config_is_refused(tmp_path, pixel_store, pixel_o
 
 
 def test_compiled_model_trains_and_checkpoints_plain_keys(tmp_path, pixel_store, pixel_overrides, monkeypatch):
-    # Dynamo with the "eager" backend: the trainer's compile path (in-place compile, DDP wrapping, plain state-dict
-    # keys) without inductor's minutes of C++ compilation on a CPU.
-    original = torch.nn.Module.compile
+    # Dynamo with the "eager" backend: the trainer's compile path (one graph for model + loss + aligner, DDP
+    # wrapping, plain state-dict keys) without inductor's minutes of C++ compilation on a CPU.
+    original = torch.compile
     calls = []
 
-    def compile_eager(self, *args, **kwargs):
-        calls.append(type(self).__name__)
-        return original(self, *args, backend="eager", **kwargs)
+    def compile_eager(fn, *args, **kwargs):
+        calls.append(getattr(fn, "__name__", type(fn).__name__))
+        return original(fn, *args, backend="eager", **kwargs)
 
-    monkeypatch.setattr(torch.nn.Module, "compile", compile_eager)
-    _, result = fit(tmp_path, pixel_overrides(pixel_store, "train.compile=true", "train.max_steps=2"))
-    assert result.status == "completed" and calls == ["SiT"]
-    state = final_state(tmp_path, 2)
+    monkeypatch.setattr(torch, "compile", compile_eager)
+    overrides = pixel_overrides(pixel_store, "train.max_steps=2", "align.weight=0.7", "align.warmup_steps=2")
+    _, result = fit(tmp_path / "compiled", [*overrides, "train.compile=true"])
+    assert result.status == "completed" and calls == ["_terms"]
+    state = final_state(tmp_path / "compiled", 2)
     assert not any("_orig_mod" in key for key in state)
-    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in records(tmp_path))
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in records(tmp_path / "compiled"))
+    # the traced graph computes what the eager step does, the step's alignment weight included (a warmup schedule)
+    fit(tmp_path / "eager", overrides)
+    assert_identical(state, final_state(tmp_path / "eager", 2))
 
 
 @pytest.mark.gpu

@@ -111,6 +111,7 @@ class DenoisingObjective(Objective):
             sampler_kwargs.setdefault("path", cfg.path)
         self.time_sampler = get_time_sampler(cfg.time_sampler, **sampler_kwargs)
         self.label_dropout = cfg.label_dropout
+        self._core: Any = None  # the compiled _terms (train.compile)
 
     @classmethod
     def build(cls, context: ObjectiveContext) -> DenoisingObjective:
@@ -153,6 +154,42 @@ class DenoisingObjective(Objective):
             draws["eps"] = torch.randn(shape, generator=generator, device=device)
         return draws
 
+    def compile_for_training(self) -> None:
+        """Compile model + loss + aligner as one graph (``train.compile``), the teacher and the step's scalars outside.
+
+        The compiled function takes only tensors (no optimizer step, whose value changes every step and would
+        recompile); the alignment weight of the step is applied after it, exactly as the eager path does. Modules
+        are not wrapped, so state-dict keys stay plain.
+        """
+        self._core = torch.compile(self._terms)
+
+    def _terms(
+        self,
+        x0: torch.Tensor,
+        y: torch.Tensor,
+        t: torch.Tensor,
+        noise: torch.Tensor,
+        targets: dict[str, torch.Tensor] | None,
+    ) -> Terms:
+        """Denoising and unweighted alignment terms (alignment weight of step 0; :meth:`loss` applies the step's)."""
+        term = self.alignment
+        with self.autocast():
+            result = denoising_loss(
+                self.model,
+                self.path,
+                x0,
+                y,
+                t=t,
+                noise=noise,
+                return_hidden=term.depth if targets is not None else None,
+                prediction=self.settings.prediction,
+                t_eps=self.settings.t_eps,
+            )
+            terms: Terms = {"denoise": result.denoise}
+            if targets is not None:
+                terms.update(term(result.hidden, targets, grid=self.model.grid, step=0, aligner=self.aligner))
+        return terms
+
     def loss(self, batch: dict[str, torch.Tensor], draws: dict[str, torch.Tensor], step: int) -> Terms:
         """``loss = denoise (+ align)``; with alignment also ``align``, ``align_loss``, ``align_cos``, ...
 
@@ -167,6 +204,16 @@ class DenoisingObjective(Objective):
         targets = (
             term.targets(batch["image"], autocast=self.autocast()) if term is not None and term.active(step) else None
         )
+        if self._core is not None:  # train.compile: one graph for model, loss and aligner; the weight applied here
+            terms = self._core(x0, y, draws["t"], draws["noise"], targets)
+            loss = terms["denoise"]
+            if targets is not None:
+                weight = self.aligner.weight_at(step)
+                terms["align"] = terms["align_loss"] * weight
+                terms["align_weight"] = torch.full((), weight, dtype=torch.float32, device=loss.device)
+                loss = loss + terms["align"]
+            terms["loss"] = loss
+            return terms
         with self.autocast():
             result = denoising_loss(
                 self.model,

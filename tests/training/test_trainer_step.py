@@ -177,3 +177,29 @@ def test_bench_trainer_step_quick():
     result = module.main(quick=True)
     assert set(result["step_ms"]) == {"trainer", "trainer-fused", "bare"}
     assert set(result["adamw_update_ms"]) == {"for-loop", "foreach", "fused"}
+
+
+def test_teacher_precision_and_attention_kernel(tmp_path, pixel_store, pixel_overrides):
+    from irepa.training.alignment import AlignmentTerm
+
+    overrides = pixel_overrides(
+        pixel_store,
+        "align.encoders=[dinov2-vit-b]",
+        "teacher.pretrained=false",
+        "teacher.arch_overrides={dinov2-vit-b: {depth: 1}}",
+        "teacher.resolution=128",
+        "model.name=SiT-S/2",
+    )
+    config = resolve_config(overrides=[*overrides, "train.precision=bf16"])
+    term = AlignmentTerm.from_config(config, image_size=32, grid=(8, 8), source_dim=64, what="SiT", device="cpu")
+    assert term.precision == "fp32"  # auto on the CPU, although the training autocast is bf16
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    training_autocast = torch.autocast("cpu", dtype=torch.bfloat16)
+    fp32 = term.targets(images, autocast=training_autocast)["dinov2-vit-b"]
+    assert torch.equal(fp32, term.teacher(images)["dinov2-vit-b"])  # the training autocast was not used
+    term.precision = "bf16"
+    bf16 = term.targets(images)["dinov2-vit-b"]
+    assert bf16.dtype == torch.float32 and not torch.equal(bf16, fp32)
+    assert torch.nn.functional.cosine_similarity(bf16, fp32, dim=-1).min() > 0.999
+    attention = [m for m in term.teacher.modules() if hasattr(m, "fused_attn")]
+    assert attention and all(m.fused_attn for m in attention)  # timm's SDPA path

@@ -18,6 +18,7 @@ backbone's (e.g. a /32 JiT at 512 px and a /16 encoder at 256 px both give 16×1
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
@@ -47,10 +48,13 @@ class AlignmentTerm:
         depth: 1-based block whose output tokens are aligned (``align.depth``).
     """
 
-    def __init__(self, teacher: Teacher, aligner: RepresentationAligner, depth: int) -> None:
+    def __init__(
+        self, teacher: Teacher, aligner: RepresentationAligner, depth: int, precision: str | None = None
+    ) -> None:
         self.teacher = teacher
         self.aligner = aligner
         self.depth = depth
+        self.precision = precision  # "bf16" / "fp32": the teacher's own autocast; None: the caller's
         self.timer = None  # the trainer's StepTimer (times the teacher as its own section), set by the trainer
 
     @classmethod
@@ -100,7 +104,10 @@ class AlignmentTerm:
         )
         teacher.check_grid(grid, what)
         aligner = RepresentationAligner.from_config(config.align, source_dim, teacher.embed_dims)
-        return cls(teacher, aligner, config.align.depth)
+        precision = config.teacher.precision
+        if precision == "auto":
+            precision = "bf16" if torch.device(device).type == "cuda" else "fp32"
+        return cls(teacher, aligner, config.align.depth, precision)
 
     def active(self, step: int) -> bool:
         """Whether optimizer step ``step`` needs the alignment (False once the weight schedule stopped it)."""
@@ -111,11 +118,16 @@ class AlignmentTerm:
 
         Args:
             images: uint8 images (B, 3, H, W).
-            autocast: The training autocast context.
+            autocast: The training autocast context; used only when the term has no precision of its own
+                (``teacher.precision`` sets one for every term built by :meth:`from_config`).
 
         Returns:
             Encoder id → float32 patch tokens (B, T, D_k).
         """
+        if self.precision == "fp32":
+            autocast = contextlib.nullcontext()
+        elif self.precision == "bf16":
+            autocast = torch.autocast(device_type=images.device.type, dtype=torch.bfloat16)
         if self.timer is None:
             return self.teacher(images, autocast=autocast)
         with self.timer.section("teacher"):
@@ -151,7 +163,8 @@ class AlignmentTerm:
     def describe(self, config: AlignConfig) -> str:
         """One line for the start-up summary."""
         n = sum(p.numel() for p in self.aligner.parameters())
+        teacher = f", teacher in {self.precision}" if self.precision else ""
         return (
             f"align {', '.join(config.encoders)} at block {self.depth}, projector {config.projector}"
-            f" ({n / 1e6:.2f}M params), target norm {config.target_norm}, weight {config.weight}"
+            f" ({n / 1e6:.2f}M params), target norm {config.target_norm}, weight {config.weight}{teacher}"
         )

@@ -151,6 +151,11 @@ class TeacherConfig:
     arch_overrides: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     """Per encoder id, architecture kwargs for tiny random encoders (``{dinov2-vit-b: {depth: 1}}``); only with
     ``pretrained: false``."""
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    """Autocast of the frozen encoders' forward, independent of ``train.precision``: ``auto`` = bf16 on CUDA (the
+    targets of a cosine loss from a frozen network: bf16 changes the tokens by ~0.3 % relative, cosine to fp32
+    ≥ 0.99999, and halves the teacher's time on tensor cores), fp32 on the CPU (bf16 autocast there is 3.6x slower
+    without bf16 instructions; docs/benchmarks.md). The tokens are float32 either way."""
 
 
 @dataclasses.dataclass(frozen=True)

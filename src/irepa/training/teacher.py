@@ -1,8 +1,9 @@
 """The frozen teacher: the vision encoders whose patch tokens are the alignment targets.
 
 Encoders come from the zoo (:func:`irepa.encoders.load_encoder`) and are always frozen (eval mode, no gradients:
-the zoo asserts it). Their forward runs under ``torch.no_grad()`` and the training autocast (bf16 by default, as
-in the official recipes); the tokens come back as float32 and the alignment maths stays float32.
+the zoo asserts it). Their forward runs under ``torch.no_grad()`` and the autocast the caller gives
+(:class:`~irepa.training.alignment.AlignmentTerm` gives ``teacher.precision``'s: bf16 on CUDA, fp32 on the CPU by
+default); the tokens come back as float32 and the alignment maths stays float32.
 """
 
 from __future__ import annotations

@@ -39,6 +39,10 @@ def machine() -> dict:
 
 
 def main(argv=None) -> int:
+    if "torch" not in sys.modules:  # as the irepa entry point: idle OpenMP threads sleep at once (docs/demo.md)
+        from irepa.cli.main import cpu_thread_policy
+
+        cpu_thread_policy(os.environ)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="reduced sizes (smoke run)")
     parser.add_argument("--only", action="append", default=[], help="run only this benchmark (repeatable)")

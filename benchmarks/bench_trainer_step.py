@@ -57,7 +57,25 @@ class _FixedTargets:
         return self.targets
 
 
-def _trainer(store: Path, run_dir: Path, model_overrides: str, depth: int, batch: int, fused: bool):
+def _trainer(
+    store: Path,
+    run_dir: Path,
+    model_overrides: str,
+    depth: int,
+    batch: int,
+    fused: bool,
+    *,
+    model: str = "SiT-B/2",
+    precision: str = "fp32",
+    device: str = "cpu",
+    compiled: bool = False,
+    teacher_resolution: int = 256,
+):
+    """A real Trainer (iREPA preset head) on ``store``; returns ``(trainer, step, targets)``.
+
+    Its teacher is replaced by fixed random DINOv2-B-shaped targets (B, T, 768); ``step()`` is one
+    ``Trainer.train_step`` (data loading included).
+    """
     from irepa.training.config import resolve_config
     from irepa.training.trainer import Trainer
 
@@ -66,7 +84,7 @@ def _trainer(store: Path, run_dir: Path, model_overrides: str, depth: int, batch
         f"data.images={store}",
         "data.latents=null",
         "data.num_workers=0",
-        "model.name=SiT-B/2",
+        f"model.name={model}",
         f"model.overrides={model_overrides}",
         "align.encoders=[dinov2-vit-b]",
         f"align.depth={depth}",
@@ -77,11 +95,12 @@ def _trainer(store: Path, run_dir: Path, model_overrides: str, depth: int, batch
         "align.weight=1.0",
         "teacher.pretrained=false",
         "teacher.arch_overrides={dinov2-vit-b: {depth: 1}}",
-        "teacher.resolution=256",
+        f"teacher.resolution={teacher_resolution}",
         f"optim.global_batch_size={batch}",
         f"optim.fused={str(fused).lower()}",
-        "train.precision=fp32",
-        "train.device=cpu",
+        f"train.precision={precision}",
+        f"train.device={device}",
+        f"train.compile={str(compiled).lower()}",
         "train.log_every_steps=1000000",
         "logging.tensorboard=false",
         "logging.jsonl=false",
@@ -90,7 +109,7 @@ def _trainer(store: Path, run_dir: Path, model_overrides: str, depth: int, batch
     ]
     trainer = Trainer(resolve_config(overrides=overrides), run_dir)
     grid = trainer.model.grid
-    targets = {"dinov2-vit-b": torch.randn(batch, grid[0] * grid[1], 768)}
+    targets = {"dinov2-vit-b": torch.randn(batch, grid[0] * grid[1], 768, device=trainer.device)}
     trainer.alignment.teacher = _FixedTargets(targets)
     batches = trainer.data.iterator()
     return trainer, (lambda: trainer.train_step(batches)), targets

@@ -8,7 +8,10 @@ Cases, in this order (cheap and certain first, so that a run cut short still has
    optimizer (PyTorch's default AdamW: foreach on CUDA), ``irepa`` eager with fused AdamW, then compiled
    (``torch.compile`` of model + loss + aligner, fused AdamW): ``irepa`` first, ``none`` and ``repa`` while the
    time budget lasts. Median of ``steps`` steps after ``warmup`` warm-up steps; the compiled cases also report the
-   first step's time (compilation included).
+   first step's time (compilation included). The real ``Trainer.train_step`` of the same iREPA case (bench
+   ``trainer_step``'s trainer: SiT-XL/2 on 32 px pixels, 16×16 tokens, data loading, fixed targets) with the
+   default AdamW and with ``optim.fused`` (the step without host syncs), and compiled (``train.compile``) after
+   the compiled cases while the budget lasts: its time over ``irepa`` eager is the trainer's own overhead.
 2. **Spatial metrics**, B = 256 images of 16×16×768 tokens, float32, all four metrics with masks, against one
    batched Gram matrix of unit tokens (the floor); structured and near-uniform tokens.
 3. **Sampling**, SiT-XL/2 (random weights), Euler ODE, 32×32×4 latents, batch 64, 10 steps, without and with CFG
@@ -170,6 +173,67 @@ def train_case(
         **_memory(device),
     }
     del step
+    _free(device)
+    return row
+
+
+def trainer_case(*, compiled: bool, fused: bool, device: torch.device, tiny: bool, steps: int, warmup: int) -> dict:
+    """The real ``Trainer.train_step`` of the iREPA case (``bench_trainer_step``'s trainer, bf16 autocast).
+
+    SiT-XL/2 on 32 px pixels (the same 16×16 tokens, and the same cost up to the 3 vs 4 input channels, as 32×32×4
+    latents), data loading through the trainer's DataLoader, the teacher replaced by fixed random DINOv2-B-shaped
+    targets like the other cases. ``fused``: ``optim.fused=true``, the step without host syncs; ``compiled``:
+    ``train.compile`` (model + loss + aligner).
+    """
+    import tempfile
+
+    bench = _load("bench_trainer_step")
+    if tiny:
+        overrides, depth, batch, size = "{depth: 2, hidden_size: 64, num_heads: 2}", 1, 2, 16
+    else:
+        overrides, depth, batch, size = "{}", 8, 128, 32
+    precision = "bf16" if device.type == "cuda" or not tiny else "fp32"
+    _free(device)
+    if compiled:
+        torch._dynamo.reset()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        store = bench._store(root, size=size, count=batch)
+        trainer, step, _ = bench._trainer(
+            store,
+            root / "run",
+            overrides,
+            depth,
+            batch,
+            fused,
+            model="SiT-XL/2",
+            precision=precision,
+            device=device.type,
+            compiled=compiled,
+            teacher_resolution=8 * size,
+        )
+        first, median = _median_time(step, device, steps, warmup)
+        model = trainer.model
+        flops = sit_forward_flops(
+            len(model.blocks), model.hidden_size, model.grid[0] * model.grid[1], model.patch_size, model.in_channels
+        )
+        trainer.data.close()
+        del trainer, step, model
+    images_per_s = batch / median
+    row = {
+        "model": f"SiT-XL/2 {overrides} on {size} px pixels",
+        "batch": batch,
+        "method": "irepa Trainer.train_step",
+        "compiled": compiled,
+        "adamw": "fused" if fused else "default (foreach)",
+        "precision": precision,
+        "step_ms": round(1000 * median, 1),
+        "first_step_s": round(first, 2),
+        "images_per_s": round(images_per_s, 1),
+        "mfu_percent": round(100 * images_per_s * 3 * flops / PEAK_BF16_FLOPS, 1),
+        "forward_gflops_per_image": round(flops / 1e9, 2),
+        **_memory(device),
+    }
     _free(device)
     return row
 
@@ -348,6 +412,16 @@ def main(
             result["train"].append(row)
             print(json.dumps(row), flush=True)
         save()
+    for fused in (False, True):  # the real trainer: the full step's overhead over bench_train's step; no-sync path
+        row = guarded(
+            f"Trainer.train_step eager{' fused' if fused else ''}",
+            est_eager,
+            lambda f=fused: trainer_case(compiled=False, fused=f, device=device, tiny=tiny, steps=steps, warmup=warmup),
+        )
+        if row is not None:
+            result["train"].append(row)
+            print(json.dumps(row), flush=True)
+        save()
     spatial = guarded("spatial", 10, lambda: spatial_case(device, tiny, 5 if tiny else 20))
     if spatial is not None:
         result["spatial"] = spatial
@@ -371,6 +445,15 @@ def main(
                 result["train"].append(row)
                 print(json.dumps(row), flush=True)
             save()
+        row = guarded(
+            "Trainer.train_step compiled fused",
+            est_compile,
+            lambda: trainer_case(compiled=True, fused=True, device=device, tiny=tiny, steps=steps, warmup=warmup),
+        )
+        if row is not None:
+            result["train"].append(row)
+            print(json.dumps(row), flush=True)
+        save()
         compiled_sampling = guarded(
             "sampling compiled", 60, lambda: sampling_case(device, tiny, 1 if tiny else 3, "reduce-overhead")
         )

@@ -35,6 +35,8 @@ def test_gpu_profile_tiny_runs_every_case_and_writes_tables(tmp_path):
         ("repa", False, "default (foreach)"),
         ("irepa", False, "default (foreach)"),
         ("irepa", False, "fused"),
+        ("irepa Trainer.train_step", False, "default (foreach)"),
+        ("irepa Trainer.train_step", False, "fused"),
     }
     assert all(r["images_per_s"] > 0 and r["forward_gflops_per_image"] > 0 for r in result["train"])
     assert set(result["alignment_overhead"]) == {"repa_over_none_eager", "irepa_over_none_eager"}

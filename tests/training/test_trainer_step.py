@@ -203,3 +203,53 @@ def test_teacher_precision_and_attention_kernel(tmp_path, pixel_store, pixel_ove
     assert torch.nn.functional.cosine_similarity(bf16, fp32, dim=-1).min() > 0.999
     attention = [m for m in term.teacher.modules() if hasattr(m, "fused_attn")]
     assert attention and all(m.fused_attn for m in attention)  # timm's SDPA path
+
+
+def _children(pid: int) -> list[int]:
+    from pathlib import Path
+
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def test_two_fused_processes_stop_together_when_one_gets_sigterm(tmp_path, pixel_store, pixel_overrides):
+    # optim.fused across processes: the stop flags are summed by a collective read one step later; the guard's
+    # non-finite flag is all-reduced on the device. SIGTERM reaches one worker only; both stop at the same step.
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    overrides = pixel_overrides(
+        pixel_store, "optim.fused=true", "train.max_steps=500", "train.checkpoint_every_steps=0"
+    )
+    src = Path(__file__).resolve().parents[2] / "src"
+    env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command += ["-m", "irepa", "train", "--run-dir", str(tmp_path), *overrides]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        log = tmp_path / "log.txt"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (log.exists() and "step 4/500" in log.read_text()):
+            time.sleep(0.2)
+        workers = _children(proc.pid)
+        assert len(workers) == 2, workers
+        os.kill(max(workers), signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    (checkpoint,) = (tmp_path / "checkpoints").iterdir()
+    text = log.read_text()
+    assert f"checkpoint {checkpoint} (weights identical on all 2 processes)" in text
+    assert "received: stopping after step" in text and int(checkpoint.name.split("-")[1]) < 500

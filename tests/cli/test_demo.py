@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from irepa.demo.report import fmt_fd
 
@@ -99,7 +100,14 @@ def test_quick_demo_writes_a_consistent_report(quick):
 
 def test_quick_demo_is_deterministic(quick, run_cli, tmp_path):
     _, _, first = quick
-    res = run_cli("demo", "--quick", "--out", tmp_path, "--no-progress")
+    # The same thread count as the fixture's subprocess (OMP_NUM_THREADS=1): the split of a reduction over threads
+    # moves float32 results in the last bits (this test failed in serial runs, where the test process had 2).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        res = run_cli("demo", "--quick", "--out", tmp_path, "--no-progress")
+    finally:
+        torch.set_num_threads(threads)
     assert res.code == 0, res
     again = Path(res.out.strip().splitlines()[-1].removeprefix("report: ")).parent
     a = json.loads((first / "results.json").read_text())

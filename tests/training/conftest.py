@@ -30,6 +30,16 @@ def _write_folder(root: Path, size: int, per_class: int, classes: int = 4) -> Pa
 
 
 @pytest.fixture(scope="session")
+def write_image_folder():
+    """``write_image_folder(root, size, per_class, classes=4)`` → ``root`` holding seeded toy class folders.
+
+    A fixture rather than ``from conftest import ...``: with several conftest modules, which one a bare
+    ``import conftest`` finds depends on the test order (it failed under xdist).
+    """
+    return _write_folder
+
+
+@pytest.fixture(scope="session")
 def pixel_store(tmp_path_factory) -> Path:
     """Image store: 64 images of 32 px, 4 classes."""
     from irepa.data.prepare import prepare_folder_store

@@ -92,13 +92,12 @@ def test_bad_settings_are_config_errors(tmp_path, pixel_store, extra, message):
 
 
 @pytest.fixture(scope="module")
-def store_512(tmp_path_factory):
+def store_512(tmp_path_factory, write_image_folder):
     """Four 512 px images (one per class)."""
-    from conftest import _write_folder
     from irepa.data.prepare import prepare_folder_store
 
     root = tmp_path_factory.mktemp("px512")
-    _write_folder(root / "folder", 512, 1)
+    write_image_folder(root / "folder", 512, 1)
     prepare_folder_store(root / "folder", root / "store", resolution=512, crop="resize", shard_size=8)
     return root / "store"
 

@@ -10,6 +10,7 @@
 
 from irepa.training.objectives.base import (
     OBJECTIVES,
+    BackboneObjective,
     NoSettings,
     Objective,
     ObjectiveContext,
@@ -25,6 +26,7 @@ from irepa.training.objectives.repae import RepaEObjective, RepaESettings
 
 __all__ = [
     "OBJECTIVES",
+    "BackboneObjective",
     "DenoisingObjective",
     "DenoisingSettings",
     "JiTObjective",

@@ -70,6 +70,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "OBJECTIVES",
+    "BackboneObjective",
     "NoSettings",
     "Objective",
     "ObjectiveContext",
@@ -297,3 +298,71 @@ class Objective(nn.Module):
     ) -> Terms:
         """Run phase ``phase`` on one micro-batch (the trainer calls this, through DDP when it wraps)."""
         return self.phases()[phase].fn(batch, dict(draws), step)
+
+
+class BackboneObjective(Objective):
+    """Base of the recipes that train one backbone with an optional alignment term (denoising, JiT, MeanFlow).
+
+    It holds what they share: the modules, the EMA and the alignment plumbing. Trained modules: ``model`` and,
+    with alignment, ``aligner`` (the projectors); EMA: ``model`` only (the projectors are not used for sampling). A
+    subclass computes its own loss and adds the alignment with :meth:`alignment_targets` and :meth:`add_alignment`.
+
+    Args:
+        model: The backbone ``model(x_t, t, y, return_hidden=...) -> ModelOutput`` (``irepa.models``).
+        model_name: Its registry name; ``model_kwargs``: its constructor arguments (for snapshots).
+        context: The build context (the data gives ``x0``).
+        alignment: The alignment term, or ``None`` to train without alignment.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        model_name: str,
+        model_kwargs: dict[str, Any],
+        context: ObjectiveContext,
+        alignment: AlignmentTerm | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.alignment = alignment
+        self.aligner = alignment.aligner if alignment is not None else None  # registered: trained, checkpointed
+        self.data = context.data
+        self.model_name, self.model_kwargs = model_name, model_kwargs
+
+    def trained_modules(self) -> dict[str, nn.Module]:
+        """``model`` and, with alignment, ``aligner`` (the projectors)."""
+        modules: dict[str, nn.Module] = {"model": self.model}
+        if self.aligner is not None:
+            modules["aligner"] = self.aligner
+        return modules
+
+    def ema_modules(self) -> tuple[str, ...]:
+        """The model only (the projectors are not used for sampling)."""
+        return ("model",)
+
+    def alignment_targets(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor] | None:
+        """The teacher's targets for ``batch["image"]``, or ``None`` without alignment or once its schedule stopped."""
+        term = self.alignment
+        if term is None or not term.active(step):
+            return None
+        return term.targets(batch["image"], autocast=self.autocast())
+
+    def add_alignment(
+        self,
+        terms: Terms,
+        loss: torch.Tensor,
+        hidden: torch.Tensor | None,
+        targets: dict[str, torch.Tensor] | None,
+        step: int,
+    ) -> Terms:
+        """Add the alignment terms of ``hidden`` (B, T, D) when ``targets`` are given, and ``terms["loss"]``.
+
+        ``terms["loss"]`` is ``loss`` (+ ``align``); returns ``terms``. Runs in the caller's autocast context.
+        """
+        if targets is not None:
+            align = self.alignment(hidden, targets, grid=self.model.grid, step=step, aligner=self.aligner)
+            terms.update(align)
+            loss = loss + align["align"]
+        terms["loss"] = loss
+        return terms

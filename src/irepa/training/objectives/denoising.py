@@ -20,7 +20,7 @@ from torch import nn
 from irepa.diffusion.losses import denoising_loss, drop_labels, label_drop_mask
 from irepa.errors import ConfigError, IrepaError
 from irepa.training.alignment import AlignmentTerm
-from irepa.training.objectives.base import OBJECTIVES, Objective, ObjectiveContext, SnapshotSpec, Terms
+from irepa.training.objectives.base import OBJECTIVES, BackboneObjective, ObjectiveContext, SnapshotSpec, Terms
 
 __all__ = ["DenoisingObjective", "DenoisingSettings", "build_backbone"]
 
@@ -70,7 +70,7 @@ def build_backbone(context: ObjectiveContext) -> tuple[nn.Module, dict[str, Any]
 
 
 @OBJECTIVES.register("denoising")
-class DenoisingObjective(Objective):
+class DenoisingObjective(BackboneObjective):
     """Velocity regression + optional representation alignment (SiT / REPA / iREPA).
 
     Settings: :class:`DenoisingSettings` (a subclass may extend them).
@@ -96,14 +96,9 @@ class DenoisingObjective(Objective):
         from irepa.diffusion.paths import get_path
         from irepa.diffusion.time_sampling import get_time_sampler
 
-        super().__init__()
+        super().__init__(model, model_name=model_name, model_kwargs=model_kwargs, context=context, alignment=alignment)
         cfg = context.config.diffusion
-        self.model = model
-        self.alignment = alignment
-        self.aligner = alignment.aligner if alignment is not None else None  # registered: trained, checkpointed
-        self.data = context.data
         self.settings = context.config.objective.settings  # the objective's typed settings (subclasses add fields)
-        self.model_name, self.model_kwargs = model_name, model_kwargs
         self.path_name = cfg.path
         self.path = get_path(cfg.path)
         sampler_kwargs = dict(cfg.time_sampler_kwargs)
@@ -120,17 +115,6 @@ class DenoisingObjective(Objective):
         cfg = context.config
         alignment = context.alignment_term(model)
         return cls(model, model_name=cfg.model.name, model_kwargs=kwargs, context=context, alignment=alignment)
-
-    def trained_modules(self) -> dict[str, nn.Module]:
-        """``model`` and, with alignment, ``aligner`` (the projectors)."""
-        modules: dict[str, nn.Module] = {"model": self.model}
-        if self.aligner is not None:
-            modules["aligner"] = self.aligner
-        return modules
-
-    def ema_modules(self) -> tuple[str, ...]:
-        """The model only (the projectors are not used for sampling)."""
-        return ("model",)
 
     def snapshot(self) -> SnapshotSpec:
         """The EMA model: its path, prediction type (and ``t_eps`` for x/eps)."""
@@ -193,6 +177,9 @@ class DenoisingObjective(Objective):
     def loss(self, batch: dict[str, torch.Tensor], draws: dict[str, torch.Tensor], step: int) -> Terms:
         """``loss = denoise (+ align)``; with alignment also ``align``, ``align_loss``, ``align_cos``, ...
 
+        Eager or compiled (``train.compile``), the same function :meth:`_terms` computes the terms; the step's
+        alignment weight is applied here, outside it (a Python float that changes with the step would recompile).
+
         Args:
             batch: ``label`` (B,), ``moments`` (latent space) or ``image`` (pixel space; also for the teacher).
             draws: This micro-batch's slice of :meth:`draw`.
@@ -200,38 +187,15 @@ class DenoisingObjective(Objective):
         """
         x0 = self.data.model_input(batch, draws.get("eps"))
         y = drop_labels(batch["label"], draws["drop"], self.model.null_label)
-        term = self.alignment
-        targets = (
-            term.targets(batch["image"], autocast=self.autocast()) if term is not None and term.active(step) else None
-        )
-        if self._core is not None:  # train.compile: one graph for model, loss and aligner; the weight applied here
-            terms = self._core(x0, y, draws["t"], draws["noise"], targets)
-            loss = terms["denoise"]
-            if targets is not None:
-                weight = self.aligner.weight_at(step)
-                terms["align"] = terms["align_loss"] * weight
-                terms["align_weight"] = torch.full((), weight, dtype=torch.float32, device=loss.device)
-                loss = loss + terms["align"]
-            terms["loss"] = loss
-            return terms
-        with self.autocast():
-            result = denoising_loss(
-                self.model,
-                self.path,
-                x0,
-                y,
-                t=draws["t"],
-                noise=draws["noise"],
-                return_hidden=term.depth if targets is not None else None,
-                prediction=self.settings.prediction,
-                t_eps=self.settings.t_eps,
-            )
-            terms: Terms = {"denoise": result.denoise}
-            loss = result.denoise
-            if targets is not None:
-                align = term(result.hidden, targets, grid=self.model.grid, step=step, aligner=self.aligner)
-                terms.update(align)
-                loss = loss + align["align"]
+        targets = self.alignment_targets(batch, step)
+        core = self._core if self._core is not None else self._terms
+        terms = core(x0, y, draws["t"], draws["noise"], targets)
+        loss = terms["denoise"]
+        if targets is not None:
+            weight = self.aligner.weight_at(step)
+            terms["align"] = terms["align_loss"] * weight
+            terms["align_weight"] = torch.full((), weight, dtype=torch.float32, device=loss.device)
+            loss = loss + terms["align"]
         terms["loss"] = loss
         return terms
 

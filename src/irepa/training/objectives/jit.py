@@ -34,7 +34,7 @@ from torch import nn
 from irepa.diffusion.losses import drop_labels, jit_noise_scale, label_drop_mask, x_prediction_loss
 from irepa.errors import ConfigError
 from irepa.training.alignment import AlignmentTerm
-from irepa.training.objectives.base import OBJECTIVES, Objective, ObjectiveContext, SnapshotSpec, Terms
+from irepa.training.objectives.base import OBJECTIVES, BackboneObjective, ObjectiveContext, SnapshotSpec, Terms
 from irepa.training.objectives.denoising import build_backbone
 
 __all__ = ["JiTObjective", "JiTSettings"]
@@ -82,7 +82,7 @@ class JiTSettings:
 
 
 @OBJECTIVES.register("jit")
-class JiTObjective(Objective):
+class JiTObjective(BackboneObjective):
     """x-prediction with the loss in velocity space (JiT) + optional representation alignment.
 
     Args:
@@ -106,12 +106,7 @@ class JiTObjective(Objective):
         settings: JiTSettings,
         alignment: AlignmentTerm | None = None,
     ) -> None:
-        super().__init__()
-        self.model = model
-        self.alignment = alignment
-        self.aligner = alignment.aligner if alignment is not None else None  # registered: trained, checkpointed
-        self.data = context.data
-        self.model_name, self.model_kwargs = model_name, model_kwargs
+        super().__init__(model, model_name=model_name, model_kwargs=model_kwargs, context=context, alignment=alignment)
         self.settings = settings
         side = context.data.input_shape[1]
         self.noise_scale = settings.noise_scale if settings.noise_scale is not None else jit_noise_scale(side)
@@ -135,17 +130,6 @@ class JiTObjective(Objective):
         settings = cfg.objective.settings
         return cls(model, model_name=cfg.model.name, model_kwargs=kwargs, context=context, settings=settings,
                    alignment=alignment)  # fmt: skip
-
-    def trained_modules(self) -> dict[str, nn.Module]:
-        """``model`` and, with alignment, ``aligner`` (the projectors)."""
-        modules: dict[str, nn.Module] = {"model": self.model}
-        if self.aligner is not None:
-            modules["aligner"] = self.aligner
-        return modules
-
-    def ema_modules(self) -> tuple[str, ...]:
-        """The model only (the projectors are not used for sampling)."""
-        return ("model",)
 
     def snapshot(self) -> SnapshotSpec:
         """The EMA JiT: x-prediction on the linear path with noise scale ``s``, Heun by default."""
@@ -182,10 +166,7 @@ class JiTObjective(Objective):
         x0 = self.data.model_input(batch, None)  # (B, 3, H, W) in [-1, 1]
         y = drop_labels(batch["label"], draws["drop"], self.model.null_label)
         t = draws["t"]
-        term = self.alignment
-        targets = (
-            term.targets(batch["image"], autocast=self.autocast()) if term is not None and term.active(step) else None
-        )
+        targets = self.alignment_targets(batch, step)
         with self.autocast():
             result = x_prediction_loss(
                 self.model,
@@ -195,16 +176,9 @@ class JiTObjective(Objective):
                 noise=draws["noise"],
                 noise_scale=self.noise_scale,
                 t_eps=self.settings.t_eps,
-                return_hidden=term.depth if targets is not None else None,
+                return_hidden=self.alignment.depth if targets is not None else None,
             )
-            terms: Terms = {"denoise": result.denoise}
-            loss = result.denoise
-            if targets is not None:
-                align = term(result.hidden, targets, grid=self.model.grid, step=step, aligner=self.aligner)
-                terms.update(align)
-                loss = loss + align["align"]
-        terms["loss"] = loss
-        return terms
+            return self.add_alignment({"denoise": result.denoise}, result.denoise, result.hidden, targets, step)
 
     def describe(self) -> list[str]:
         """The recipe in one line."""

@@ -36,7 +36,7 @@ from irepa.diffusion.losses import label_drop_mask
 from irepa.diffusion.meanflow import MeanFlowGuidance, MeanFlowResult, meanflow_loss, sample_interval_times
 from irepa.errors import ConfigError, IrepaError
 from irepa.training.alignment import AlignmentTerm
-from irepa.training.objectives.base import OBJECTIVES, Objective, ObjectiveContext, SnapshotSpec, Terms
+from irepa.training.objectives.base import OBJECTIVES, BackboneObjective, ObjectiveContext, SnapshotSpec, Terms
 from irepa.training.objectives.denoising import build_backbone
 
 __all__ = ["MeanFlowObjective", "MeanFlowSettings", "compile_with_fallback"]
@@ -114,7 +114,7 @@ def compile_with_fallback(
 
 
 @OBJECTIVES.register("meanflow")
-class MeanFlowObjective(Objective):
+class MeanFlowObjective(BackboneObjective):
     """MeanFlow average-velocity regression + optional representation alignment.
 
     Args:
@@ -139,14 +139,9 @@ class MeanFlowObjective(Objective):
         from irepa.diffusion.paths import get_path
         from irepa.diffusion.time_sampling import get_time_sampler
 
-        super().__init__()
+        super().__init__(model, model_name=model_name, model_kwargs=model_kwargs, context=context, alignment=alignment)
         cfg = context.config
         self.settings: MeanFlowSettings = cfg.objective.settings
-        self.model = model
-        self.alignment = alignment
-        self.aligner = alignment.aligner if alignment is not None else None
-        self.data = context.data
-        self.model_name, self.model_kwargs = model_name, model_kwargs
         self.path_name = cfg.diffusion.path
         self.path = get_path(cfg.diffusion.path)
         sampler_kwargs = dict(cfg.diffusion.time_sampler_kwargs)
@@ -175,17 +170,6 @@ class MeanFlowObjective(Objective):
         model, kwargs = build_backbone(backbone_context)
         alignment = context.alignment_term(model)
         return cls(model, model_name=cfg.model.name, model_kwargs=kwargs, context=context, alignment=alignment)
-
-    def trained_modules(self) -> dict[str, nn.Module]:
-        """``model`` and, with alignment, ``aligner``."""
-        modules: dict[str, nn.Module] = {"model": self.model}
-        if self.aligner is not None:
-            modules["aligner"] = self.aligner
-        return modules
-
-    def ema_modules(self) -> tuple[str, ...]:
-        """The model only."""
-        return ("model",)
 
     def snapshot(self) -> SnapshotSpec:
         """The EMA model; the header says it is a MeanFlow model (sampler, default steps, baked-in guidance)."""
@@ -262,9 +246,7 @@ class MeanFlowObjective(Objective):
         learning. With alignment also ``align``, ``align_loss``, ``align_cos``, ...
         """
         x0 = self.data.model_input(batch, draws.get("eps"))
-        term = self.alignment
-        use_align = term is not None and term.active(step)
-        targets = term.targets(batch["image"], autocast=self.autocast()) if use_align else None
+        targets = self.alignment_targets(batch, step)
         result = self._step(
             x0,
             batch["label"],
@@ -272,7 +254,7 @@ class MeanFlowObjective(Objective):
             draws["t"],
             draws["noise"],
             draws["drop"],
-            term.depth if targets is not None else None,
+            self.alignment.depth if targets is not None else None,
         )
         numel = x0[0].numel()
         terms: Terms = {
@@ -280,13 +262,7 @@ class MeanFlowObjective(Objective):
             "mf_mse": result.error.mean() / numel,
             "v_mse": result.v_error.mean() / numel,
         }
-        loss = result.loss
-        if targets is not None:
-            align = term(result.hidden, targets, grid=self.model.grid, step=step, aligner=self.aligner)
-            terms.update(align)
-            loss = loss + align["align"]
-        terms["loss"] = loss
-        return terms
+        return self.add_alignment(terms, result.loss, result.hidden, targets, step)
 
     def describe(self) -> list[str]:
         """Times, guidance, weighting."""

@@ -126,3 +126,30 @@ def test_512px_patch32_irepa_matches_the_encoder_grid_and_trains(tmp_path, store
     # The official code's failure mode: the encoder at the data resolution gives 32x32 tokens for a 16x16 model.
     with pytest.raises(IrepaError, match=r"teacher token grid \(dinov2-vit-b 32x32\) differs from JiT-B/32's 16x16"):
         Trainer(resolve_config(overrides=[*overrides, "teacher.resolution=null"]), tmp_path / "mismatch")
+
+
+def test_compiled_jit_step_is_the_eager_step(tmp_path, pixel_store, monkeypatch):
+    """``train.compile``: one graph for JiT + loss + aligner (Dynamo, eager backend), weights identical to eager."""
+    from safetensors.torch import load_file
+
+    original = torch.compile
+    calls = []
+
+    def compile_eager(fn, *args, **kwargs):
+        calls.append(getattr(fn, "__name__", type(fn).__name__))
+        return original(fn, *args, backend="eager", **kwargs)
+
+    overrides = jit_overrides(pixel_store, "train.max_steps=2", "align.weight=0.7", "align.warmup_steps=2")
+
+    def final_weights(run_dir):
+        folder = run_dir / "checkpoints" / "step-0000002"
+        return {part: load_file(folder / f"{part}.safetensors") for part in ("model", "aligner")}
+
+    Trainer(resolve_config(overrides=overrides), tmp_path / "eager").fit()
+    monkeypatch.setattr(torch, "compile", compile_eager)
+    Trainer(resolve_config(overrides=[*overrides, "train.compile=true"]), tmp_path / "compiled").fit()
+    assert calls == ["_terms"]
+    eager, compiled = final_weights(tmp_path / "eager"), final_weights(tmp_path / "compiled")
+    for part in eager:
+        assert eager[part].keys() == compiled[part].keys()
+        assert all(torch.equal(eager[part][k], compiled[part][k]) for k in eager[part]), part

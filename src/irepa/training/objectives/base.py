@@ -329,6 +329,7 @@ class BackboneObjective(Objective):
         self.aligner = alignment.aligner if alignment is not None else None  # registered: trained, checkpointed
         self.data = context.data
         self.model_name, self.model_kwargs = model_name, model_kwargs
+        self._core: Callable[..., Terms] | None = None  # the compiled _terms (train.compile)
 
     def trained_modules(self) -> dict[str, nn.Module]:
         """``model`` and, with alignment, ``aligner`` (the projectors)."""
@@ -364,5 +365,65 @@ class BackboneObjective(Objective):
             align = self.alignment(hidden, targets, grid=self.model.grid, step=step, aligner=self.aligner)
             terms.update(align)
             loss = loss + align["align"]
+        terms["loss"] = loss
+        return terms
+
+    # -- recipes whose whole micro-batch loss is one function of tensors (denoising, JiT) ----------------------------
+
+    def _terms(
+        self,
+        x0: torch.Tensor,
+        y: torch.Tensor,
+        t: torch.Tensor,
+        noise: torch.Tensor,
+        targets: dict[str, torch.Tensor] | None,
+    ) -> Terms:
+        """``denoise`` and, with ``targets``, the unweighted alignment terms of one micro-batch.
+
+        What ``train.compile`` compiles (model + loss + aligner as one graph) for the recipes that use
+        :meth:`weighted_terms`; the alignment weight inside is step 0's, :meth:`weighted_terms` applies the step's.
+
+        Args:
+            x0: Clean model input (B, C, H, W).
+            y: Labels (B,) after label dropout.
+            t: SiT times (B,).
+            noise: Standard normal (B, C, H, W).
+            targets: The teacher's targets (:meth:`alignment_targets`), or ``None``.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not compute its loss through _terms")
+
+    def compile_for_training(self) -> None:
+        """Compile :meth:`_terms`: model + loss + aligner as one graph, the teacher and the step's scalars outside.
+
+        The compiled function takes only tensors (no optimizer step, whose value changes every step and would
+        recompile); the step's alignment weight is applied after it, exactly as the eager path does. Modules are
+        not wrapped, so state-dict keys stay plain. Recipes that do not use :meth:`weighted_terms` override this.
+        """
+        self._core = torch.compile(self._terms)
+
+    def weighted_terms(
+        self,
+        x0: torch.Tensor,
+        y: torch.Tensor,
+        t: torch.Tensor,
+        noise: torch.Tensor,
+        targets: dict[str, torch.Tensor] | None,
+        step: int,
+    ) -> Terms:
+        """:meth:`_terms` (eager, or compiled under ``train.compile``) with the alignment weight of ``step``.
+
+        Returns:
+            The terms with ``loss = denoise (+ align)``; with alignment also ``align`` (λ · ``align_loss``),
+            ``align_loss``, ``align_cos``, ``align_weight``, ...
+        """
+        core = self._core if self._core is not None else self._terms
+        terms = core(x0, y, t, noise, targets)
+        loss = terms["denoise"]
+        if targets is not None:
+            weight = self.aligner.weight_at(step)
+            terms["align"] = terms["align_loss"] * weight
+            # full, not tensor: a fill kernel, where torch.tensor(..., device=cuda) copies from host memory and waits
+            terms["align_weight"] = torch.full((), weight, dtype=torch.float32, device=loss.device)
+            loss = loss + terms["align"]
         terms["loss"] = loss
         return terms

@@ -106,7 +106,6 @@ class DenoisingObjective(BackboneObjective):
             sampler_kwargs.setdefault("path", cfg.path)
         self.time_sampler = get_time_sampler(cfg.time_sampler, **sampler_kwargs)
         self.label_dropout = cfg.label_dropout
-        self._core: Any = None  # the compiled _terms (train.compile)
 
     @classmethod
     def build(cls, context: ObjectiveContext) -> DenoisingObjective:
@@ -138,15 +137,6 @@ class DenoisingObjective(BackboneObjective):
             draws["eps"] = torch.randn(shape, generator=generator, device=device)
         return draws
 
-    def compile_for_training(self) -> None:
-        """Compile model + loss + aligner as one graph (``train.compile``), the teacher and the step's scalars outside.
-
-        The compiled function takes only tensors (no optimizer step, whose value changes every step and would
-        recompile); the alignment weight of the step is applied after it, exactly as the eager path does. Modules
-        are not wrapped, so state-dict keys stay plain.
-        """
-        self._core = torch.compile(self._terms)
-
     def _terms(
         self,
         x0: torch.Tensor,
@@ -155,7 +145,7 @@ class DenoisingObjective(BackboneObjective):
         noise: torch.Tensor,
         targets: dict[str, torch.Tensor] | None,
     ) -> Terms:
-        """Denoising and unweighted alignment terms (alignment weight of step 0; :meth:`loss` applies the step's)."""
+        """The velocity (or x/eps-prediction) loss and the unweighted alignment terms (see the base class)."""
         term = self.alignment
         with self.autocast():
             result = denoising_loss(
@@ -177,8 +167,8 @@ class DenoisingObjective(BackboneObjective):
     def loss(self, batch: dict[str, torch.Tensor], draws: dict[str, torch.Tensor], step: int) -> Terms:
         """``loss = denoise (+ align)``; with alignment also ``align``, ``align_loss``, ``align_cos``, ...
 
-        Eager or compiled (``train.compile``), the same function :meth:`_terms` computes the terms; the step's
-        alignment weight is applied here, outside it (a Python float that changes with the step would recompile).
+        Eager or compiled (``train.compile``), :meth:`_terms` computes the terms; :meth:`weighted_terms` applies the
+        step's alignment weight outside it (a Python float that changes with the step would recompile).
 
         Args:
             batch: ``label`` (B,), ``moments`` (latent space) or ``image`` (pixel space; also for the teacher).
@@ -188,16 +178,7 @@ class DenoisingObjective(BackboneObjective):
         x0 = self.data.model_input(batch, draws.get("eps"))
         y = drop_labels(batch["label"], draws["drop"], self.model.null_label)
         targets = self.alignment_targets(batch, step)
-        core = self._core if self._core is not None else self._terms
-        terms = core(x0, y, draws["t"], draws["noise"], targets)
-        loss = terms["denoise"]
-        if targets is not None:
-            weight = self.aligner.weight_at(step)
-            terms["align"] = terms["align_loss"] * weight
-            terms["align_weight"] = torch.full((), weight, dtype=torch.float32, device=loss.device)
-            loss = loss + terms["align"]
-        terms["loss"] = loss
-        return terms
+        return self.weighted_terms(x0, y, draws["t"], draws["noise"], targets, step)
 
     def describe(self) -> list[str]:
         """The path and time sampler."""

@@ -158,27 +158,42 @@ class JiTObjective(BackboneObjective):
             "drop": label_drop_mask(global_batch, s.label_dropout, generator=generator, device=device),
         }
 
-    def loss(self, batch: dict[str, torch.Tensor], draws: dict[str, torch.Tensor], step: int) -> Terms:
-        """``loss = denoise (+ align)``: the velocity-space error of the x-prediction, plus alignment if configured.
-
-        The denoising term is :func:`irepa.diffusion.losses.x_prediction_loss` (module docstring).
-        """
-        x0 = self.data.model_input(batch, None)  # (B, 3, H, W) in [-1, 1]
-        y = drop_labels(batch["label"], draws["drop"], self.model.null_label)
-        t = draws["t"]
-        targets = self.alignment_targets(batch, step)
+    def _terms(
+        self,
+        x0: torch.Tensor,
+        y: torch.Tensor,
+        t: torch.Tensor,
+        noise: torch.Tensor,
+        targets: dict[str, torch.Tensor] | None,
+    ) -> Terms:
+        """The velocity-space error of the x-prediction and the unweighted alignment terms (see the base class)."""
+        term = self.alignment
         with self.autocast():
             result = x_prediction_loss(
                 self.model,
                 x0,
                 y,
                 t=t,
-                noise=draws["noise"],
+                noise=noise,
                 noise_scale=self.noise_scale,
                 t_eps=self.settings.t_eps,
-                return_hidden=self.alignment.depth if targets is not None else None,
+                return_hidden=term.depth if targets is not None else None,
             )
-            return self.add_alignment({"denoise": result.denoise}, result.denoise, result.hidden, targets, step)
+            terms: Terms = {"denoise": result.denoise}
+            if targets is not None:
+                terms.update(term(result.hidden, targets, grid=self.model.grid, step=0, aligner=self.aligner))
+        return terms
+
+    def loss(self, batch: dict[str, torch.Tensor], draws: dict[str, torch.Tensor], step: int) -> Terms:
+        """``loss = denoise (+ align)``: the velocity-space error of the x-prediction, plus alignment if configured.
+
+        The denoising term is :func:`irepa.diffusion.losses.x_prediction_loss` (module docstring); eager or compiled
+        (``train.compile``: model + loss + aligner as one graph), through :meth:`weighted_terms`.
+        """
+        x0 = self.data.model_input(batch, None)  # (B, 3, H, W) in [-1, 1]
+        y = drop_labels(batch["label"], draws["drop"], self.model.null_label)
+        targets = self.alignment_targets(batch, step)
+        return self.weighted_terms(x0, y, draws["t"], draws["noise"], targets, step)
 
     def describe(self) -> list[str]:
         """The recipe in one line."""

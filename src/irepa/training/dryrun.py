@@ -8,7 +8,6 @@ only, nothing read or downloaded), and whether the run directory would be resume
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,6 +18,7 @@ from irepa.errors import IrepaError
 from irepa.training.checkpoint import CheckpointManager
 from irepa.training.config import TrainConfig, check_resume_compatible, check_run_dir
 from irepa.training.distributed import per_device_batch_size
+from irepa.training.teacher import teacher_locations
 
 if TYPE_CHECKING:
     from irepa.encoders import WeightLocations
@@ -111,7 +111,7 @@ def dry_run_report(
     else:
         notes.append("would start from scratch")
     if teacher_missing:
-        offline = cfg.teacher.offline or (weight_locations is not None and weight_locations.offline)
+        offline = teacher_locations(weight_locations, offline=cfg.teacher.offline).offline
         notes.append(
             f"would fail at start: no weights for {', '.join(teacher_missing)} (offline)"
             if offline
@@ -133,12 +133,11 @@ def _teacher_notes(cfg: TrainConfig, locations: WeightLocations | None) -> tuple
         return [], []
     if not cfg.teacher.pretrained:
         return ["teacher: random encoders (teacher.pretrained=false), no weights needed"], []
-    from irepa.encoders import ENCODERS, WeightLocations, locate_weights
+    from irepa.encoders import ENCODERS, locate_weights
     from irepa.errors import WeightsNotFoundError
 
-    locations = locations or WeightLocations()
-    if cfg.teacher.cache_dir is not None:
-        locations = dataclasses.replace(locations, cache_dir=Path(cfg.teacher.cache_dir))
+    # The trainer's teacher looks exactly there (Teacher.load uses the same function).
+    locations = teacher_locations(locations, cache_dir=cfg.teacher.cache_dir, offline=cfg.teacher.offline)
     notes, missing = [], []
     for name in cfg.align.encoders:
         spec = ENCODERS.get(name)

@@ -23,7 +23,28 @@ from irepa.errors import IrepaError
 if TYPE_CHECKING:
     from irepa.encoders import WeightLocations
 
-__all__ = ["Teacher"]
+__all__ = ["Teacher", "teacher_locations"]
+
+
+def teacher_locations(
+    locations: WeightLocations | None, *, cache_dir: str | Path | None = None, offline: bool = False
+) -> WeightLocations:
+    """Where the teacher's encoder weights are looked for: the CLI's locations with the ``teacher:`` overrides.
+
+    Args:
+        locations: As resolved at the CLI boundary (``$IREPA_CACHE``, the hub caches, the offline switch); ``None``
+            = no cache locations.
+        cache_dir: ``teacher.cache_dir``: replaces ``locations.cache_dir``.
+        offline: ``teacher.offline``: never download (also when ``locations.offline``).
+    """
+    from irepa.encoders import WeightLocations
+
+    locations = locations or WeightLocations()
+    if cache_dir is not None:
+        locations = dataclasses.replace(locations, cache_dir=Path(cache_dir))
+    if offline:
+        locations = dataclasses.replace(locations, offline=True)
+    return locations
 
 
 class Teacher(nn.Module):
@@ -76,11 +97,9 @@ class Teacher(nn.Module):
             IrepaError: Unknown encoder id, missing weights (naming what was looked for), or a weights entry for an
                 encoder that is not in ``names``.
         """
-        from irepa.encoders import WeightLocations, load_encoder
+        from irepa.encoders import load_encoder
 
-        locations = locations or WeightLocations()
-        if cache_dir is not None:
-            locations = dataclasses.replace(locations, cache_dir=Path(cache_dir))
+        locations = teacher_locations(locations, cache_dir=cache_dir, offline=offline)
         weights = dict(weights or {})
         arch_overrides = dict(arch_overrides or {})
         for key, given in (("weights", weights), ("arch_overrides", arch_overrides)):
@@ -97,7 +116,7 @@ class Teacher(nn.Module):
                 cache_dir=locations.cache_dir,
                 hf_cache_dir=locations.hf_cache_dir,
                 torch_hub_dir=locations.torch_hub_dir,
-                offline=offline or locations.offline,
+                offline=locations.offline,
                 pretrained=pretrained,
                 arch_overrides=arch_overrides.get(name),
                 device=device,

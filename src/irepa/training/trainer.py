@@ -510,7 +510,10 @@ class Trainer:
         if self.world_size > 1:
             flags = self.accelerator.reduce(flags, reduction="sum")
         nonfinite, stop = (bool(v > 0) for v in flags.tolist())
-        hint = f" ({_nonfinite_terms(terms)}; {self._nonfinite_samples(batches)})" if nonfinite else ""
+        hint = ""
+        if nonfinite:  # the rare bad step: reading the terms' values here is a sync of its own
+            bad = [name for name, value in terms.items() if not bool(torch.isfinite(value).all())]
+            hint = self._skip_hint(bad, self._sample_flags(batches))
         where = f" of optimizer {name!r}" if len(self.optimizers) > 1 else ""
         skip = self.guard.observe(not nonfinite, step=self.step + 1, hint=hint)
         if skip:
@@ -601,18 +604,9 @@ class Trainer:
             if not nonfinite:
                 self.guard.observe(True, step=step)
                 continue
-            terms_text = _terms_text([n for n, b in zip(names, bad) if b])
-            hint = f" ({terms_text}; {self._describe_samples(samples)})"
+            hint = self._skip_hint([n for n, b in zip(names, bad) if b], samples)
             self.guard.observe(False, step=step, hint=hint)
             self.logger.warning(f"step {step}: skipped, non-finite gradients{where}{hint}")
-
-    def _nonfinite_samples(self, batches: list[dict[str, torch.Tensor]]) -> str:
-        """``non-finite inputs: samples 12, 40 ...`` or ``inputs finite, samples of the step: 3, 7, ...``.
-
-        Names dataset indices (``batch["index"]``) over all processes, so that the bad data can be found in the store.
-        A collective: every process calls it, as every process agrees that the step is non-finite.
-        """
-        return self._describe_samples(self._sample_flags(batches))
 
     def _sample_flags(self, batches: list[dict[str, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The step's dataset indices and per-sample "stored input non-finite" flags, on the device (no sync)."""
@@ -628,18 +622,25 @@ class Trainer:
             return None
         return torch.cat(indices), torch.cat(bad)
 
-    def _describe_samples(self, flags: tuple[torch.Tensor, torch.Tensor] | None) -> str:
-        """The text of :meth:`_nonfinite_samples` from :meth:`_sample_flags` (a collective; reads the device)."""
-        if flags is None:
-            return "no data read"
-        index, flag = flags
+    def _skip_hint(self, bad_terms: list[str], samples: tuple[torch.Tensor, torch.Tensor] | None) -> str:
+        """`` (non-finite terms: denoise; non-finite inputs: samples 12, 40 of the data store)`` for a skipped step.
+
+        Names the non-finite loss terms (or says the loss was finite) and the dataset indices (``batch["index"]``,
+        over all processes) whose stored inputs are non-finite, else the step's samples, so that the bad data can be
+        found in the store. A collective reading the device (:meth:`_sample_flags`' tensors): every process calls
+        it, as every process agrees that the step is non-finite.
+        """
+        terms = f"non-finite terms: {', '.join(bad_terms)}" if bad_terms else "loss finite, gradients not"
+        if samples is None:
+            return f" ({terms}; no data read)"
+        index, flag = samples
         if self.world_size > 1:
             index, flag = self.accelerator.gather(index), self.accelerator.gather(flag)
         index, flag = index.tolist(), flag.tolist()
         named = [i for i, b in zip(index, flag, strict=True) if b]
         if named:
-            return f"non-finite inputs: samples {_some(sorted(named))} of the data store"
-        return f"inputs finite, samples of the step: {_some(sorted(index))}"
+            return f" ({terms}; non-finite inputs: samples {_some(sorted(named))} of the data store)"
+        return f" ({terms}; inputs finite, samples of the step: {_some(sorted(index))})"
 
     def _lr_scale(self, step: int) -> float:
         """Warmup factor of every optimizer's learning rate at ``step``."""
@@ -995,13 +996,3 @@ def _some(values: list[int], limit: int = 16) -> str:
     """``"1, 2, 3"``, or the first ``limit`` values and how many more."""
     shown = ", ".join(str(v) for v in values[:limit])
     return shown if len(values) <= limit else f"{shown}, ... ({len(values)} in all)"
-
-
-def _nonfinite_terms(terms: dict[str, torch.Tensor]) -> str:
-    """``non-finite terms: denoise, align`` naming the non-finite loss terms (syncs; only called on bad steps)."""
-    return _terms_text([name for name, value in terms.items() if not bool(torch.isfinite(value).all())])
-
-
-def _terms_text(bad: list[str]) -> str:
-    """The text of :func:`_nonfinite_terms` from the names of the non-finite terms."""
-    return f"non-finite terms: {', '.join(bad)}" if bad else "loss finite, gradients not"

@@ -241,9 +241,9 @@ class TrainLoopConfig:
     """Autocast dtype of the model and teacher forwards. Weights, optimizer, EMA and the alignment and loss maths
     stay float32. fp16 adds a dynamic loss scaler (the official iREPA default); bf16 is the paper's setting."""
     compile: bool = False
-    """``torch.compile`` the step: for ``denoising`` (SiT/REPA/iREPA) model + loss + aligner as one graph (the
-    teacher and the step's alignment weight outside it), for other objectives what they compile (the model, or
-    MeanFlow's JVP step). Faster on GPUs; on a CPU the first step compiles for tens of seconds
+    """``torch.compile`` the step: for ``denoising`` (SiT/REPA/iREPA) and ``jit`` model + loss + aligner as one
+    graph (the teacher and the step's alignment weight outside it), for other objectives what they compile
+    (MeanFlow's JVP step, REPA-E's SiT). Faster on GPUs; on a CPU the first step compiles for tens of seconds
     (docs/benchmarks.md)."""
     tf32: bool = True
     """Allow TF32 matmuls/convolutions on Ampere+ GPUs (official recipes: on)."""

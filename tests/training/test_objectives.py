@@ -213,11 +213,14 @@ def test_every_recipe_builds_its_alignment_term_through_the_context(monkeypatch)
     monkeypatch.setattr(AlignmentTerm, "from_config", classmethod(lambda cls, config, **kw: seen.update(kw) or "term"))
     locations = object()
     context = ObjectiveContext(
-        config=types.SimpleNamespace(model=types.SimpleNamespace(name="SiT-S/2")),
-        data=types.SimpleNamespace(image_size=(64, 64)),
+        config=types.SimpleNamespace(
+            model=types.SimpleNamespace(name="SiT-S/2"), data=types.SimpleNamespace(flip=True)
+        ),
+        data=types.SimpleNamespace(image_size=(64, 64), dataset=range(12)),
         device="cpu",
         weight_locations=locations,
     )
     assert context.alignment_term(types.SimpleNamespace(grid=(4, 4), hidden_size=64)) == "term"
     assert seen["locations"] is locations
     assert (seen["image_size"], tuple(seen["grid"]), seen["source_dim"]) == (64, (4, 4), 64)
+    assert (seen["num_samples"], seen["flips"]) == (12, True)  # what teacher.cache_targets sizes its cache by

@@ -259,14 +259,6 @@ def _encode(args: argparse.Namespace) -> int:
     return 0
 
 
-def _human_bytes(size: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if size < 1000:
-            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
-        size /= 1000
-    return f"{size:.1f} TB"
-
-
 def _info(args: argparse.Namespace) -> int:
     from irepa.data.store import open_store
 
@@ -297,7 +289,9 @@ def _info(args: argparse.Namespace) -> int:
         if skipped:
             print(f"  {skipped} unreadable images skipped")
         size = sum(info["bytes"] for shard in manifest["shards"] for info in shard["files"].values())
-        print(f"  {_human_bytes(size)} of shards; fingerprint {store.fingerprint[:16]}")
+        from irepa.utils.io import human_bytes
+
+        print(f"  {human_bytes(size)} of shards; fingerprint {store.fingerprint[:16]}")
     if args.verify:
         problems = store.verify(progress=sys.stderr.isatty())
         if problems:

@@ -156,6 +156,13 @@ class TeacherConfig:
     targets of a cosine loss from a frozen network: bf16 changes the tokens by ~0.3 % relative, cosine to fp32
     ≥ 0.99999, and halves the teacher's time on tensor cores), fp32 on the CPU (bf16 autocast there is 3.6x slower
     without bf16 instructions; docs/benchmarks.md). The tokens are float32 either way."""
+    cache_targets: bool = False
+    """Keep every sample's target tokens in host memory the first time it is drawn and read them back afterwards,
+    so that after the first epoch the encoders do not run. For data sets whose targets fit in RAM
+    (samples × flips × tokens × width × 4 bytes, printed at start; refused above half the machine's memory), e.g.
+    32 px experiments and the demo. Targets are those of the stored image and its flip; on the CPU a cached run is
+    bit-identical to an uncached one (tested); on CUDA the teacher's kernels may differ in the last bits between
+    full and partial batches, so bit-identity is not promised there."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -399,6 +406,7 @@ RESUMABLE_KEYS: tuple[str, ...] = (
     "teacher.weights",
     "teacher.cache_dir",
     "teacher.offline",
+    "teacher.cache_targets",
     "logging",
 )
 

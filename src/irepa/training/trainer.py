@@ -422,7 +422,7 @@ class Trainer:
                 else:  # the first phase that runs reads the step's micro-batches
                     with self.timer.section("data"):
                         batch = next(batches)
-                    batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+                    batch = _to_device(batch, self.device)
                     fetched += 1
                     micro_batches.append(batch)  # later phases reuse them; a non-finite step names their samples
                 # This process's samples of the global batch: positions r, r + W, r + 2W, ... (the sampler's layout).
@@ -609,7 +609,7 @@ class Trainer:
             self.logger.warning(f"step {step}: skipped, non-finite gradients{where}{hint}")
 
     def _sample_flags(self, batches: list[dict[str, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The step's dataset indices and per-sample "stored input non-finite" flags, on the device (no sync)."""
+        """The step's dataset indices (host) and per-sample "stored input non-finite" flags (device; no sync)."""
         indices, bad = [], []
         for batch in batches:
             rows = torch.zeros(len(batch["index"]), dtype=torch.bool, device=self.device)
@@ -635,7 +635,7 @@ class Trainer:
             return f" ({terms}; no data read)"
         index, flag = samples
         if self.world_size > 1:
-            index, flag = self.accelerator.gather(index), self.accelerator.gather(flag)
+            index, flag = self.accelerator.gather(index.to(self.device)), self.accelerator.gather(flag)
         index, flag = index.tolist(), flag.tolist()
         named = [i for i, b in zip(index, flag, strict=True) if b]
         if named:
@@ -978,6 +978,16 @@ class Trainer:
         self._resumed_from = loaded
         self.last_checkpoint = loaded.path
         return True
+
+
+#: Per-sample bookkeeping of a batch that stays on the host: the target cache and the non-finite warning read it
+#: there without waiting for the device.
+HOST_KEYS = ("index", "flipped")
+
+
+def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """``batch`` with its data on ``device`` (asynchronous from pinned memory), :data:`HOST_KEYS` on the host."""
+    return {k: v if k in HOST_KEYS else v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
 def _grid(images: torch.Tensor) -> Any:

@@ -197,6 +197,15 @@ def describe_load_error(exc: BaseException) -> str:
     return lines[0][:300] if lines else type(exc).__name__
 
 
+def human_bytes(size: float) -> str:
+    """``size`` bytes in decimal units: ``512 B``, ``1.5 MB``, ``12.0 GB``."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000:
+            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
+        size /= 1000
+    return f"{size:.1f} TB"
+
+
 def sha256_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
     """Hex SHA-256 of a file, read in chunks."""
     digest = hashlib.sha256()

@@ -61,6 +61,7 @@ import torch
 from torch import nn
 
 from irepa.registry import Registry
+from irepa.training.alignment import sample_keys
 
 if TYPE_CHECKING:
     from irepa.encoders import WeightLocations
@@ -184,6 +185,8 @@ class ObjectiveContext:
             what=self.config.model.name,
             device=self.device,
             locations=self.weight_locations,
+            num_samples=len(self.data.dataset),
+            flips=self.config.data.flip,
         )
 
 
@@ -347,7 +350,7 @@ class BackboneObjective(Objective):
         term = self.alignment
         if term is None or not term.active(step):
             return None
-        return term.targets(batch["image"], autocast=self.autocast())
+        return term.targets(batch["image"], autocast=self.autocast(), keys=sample_keys(batch))
 
     def add_alignment(
         self,

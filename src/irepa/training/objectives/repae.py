@@ -46,7 +46,7 @@ from torch import nn
 
 from irepa.diffusion.losses import denoising_loss, drop_labels, label_drop_mask
 from irepa.errors import ConfigError, IrepaError
-from irepa.training.alignment import AlignmentTerm
+from irepa.training.alignment import AlignmentTerm, sample_keys
 from irepa.training.objectives.base import (
     OBJECTIVES,
     Objective,
@@ -340,7 +340,7 @@ class RepaEObjective(Objective):
         z, recon = z.float(), recon.float()
         targets = None
         if self.alignment is not None and self.alignment.active(step):
-            targets = self.alignment.targets(batch["image"], autocast=self.autocast())
+            targets = self.alignment.targets(batch["image"], autocast=self.autocast(), keys=sample_keys(batch))
         batch[_CACHE] = {"z": z.detach(), "recon": recon.detach(), "targets": targets}
 
         terms: Terms = {"l1": (x - recon).abs().mean()}

@@ -205,3 +205,40 @@ def test_make_vae_writes_a_loadable_tiny_random_vae(run_cli, tmp_path):
     res = run_cli("data", "make-vae", out)
     assert res.code == 2 and "--force" in res.err
     assert run_cli("data", "make-vae", out, "--force").code == 0
+
+
+@pytest.mark.parametrize("kind", ["dns", "dropped"])
+def test_encode_without_network_fails_fast_with_the_offline_fix(run_cli, tmp_path, no_network, kind):
+    """A VAE that is not cached, no --offline, no network: a one-line error in seconds, not after the Hub's retries."""
+    import time
+
+    root = _folder(tmp_path / "imgs", per_class=1)
+    assert run_cli("data", "prepare", "--images", root, "--resolution", 16, "--out", tmp_path / "st").code == 0
+    waited = no_network(kind)
+    start = time.perf_counter()
+    res = run_cli(
+        "data", "encode", "--store", tmp_path / "st", "--out", tmp_path / "lat", "--cache-dir", tmp_path / "hf"
+    )
+    seconds = time.perf_counter() - start + waited()
+    assert res.code == 2, res
+    assert seconds < 10, f"{seconds:.0f} s (of which {waited():.0f} s connect timeouts and retry sleeps)"
+    assert len(res.err.strip().splitlines()) == 1, res.err
+    assert "no network: cannot reach" in res.err and "VAE 'stabilityai/sd-vae-ft-mse' is not in" in res.err
+    assert "huggingface-cli download stabilityai/sd-vae-ft-mse" in res.err and "--vae-weights" in res.err
+    assert "--offline" in res.err
+    assert not (tmp_path / "lat").exists()
+
+
+def test_a_cached_hub_vae_loads_without_asking_the_hub(tmp_path, no_network):
+    """The Hugging Face cache is read first: no network needed (and no retries spent) when the VAE is there."""
+    from irepa.data.vae import load_vae, save_random_vae
+
+    cache = tmp_path / "hf-cache"
+    repo = cache / "models--someone--tiny-vae"
+    save_random_vae(repo / "snapshots" / "0123456789abcdef0123456789abcdef01234567")
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0123456789abcdef0123456789abcdef01234567")
+    waited = no_network("dropped")
+    vae = load_vae("someone/tiny-vae", cache_dir=cache)
+    # At most huggingface_hub's own one-off 3-s fetch of its user-agent registry (asking the Hub first: 516 s).
+    assert vae.name == "someone/tiny-vae" and waited() <= 3.0, waited()

@@ -81,41 +81,6 @@ def test_download_from_an_official_url(run_cli, tmp_path, monkeypatch):
     assert "sha256" in res.out and "copy it to offline machines" in res.out
 
 
-@pytest.fixture
-def no_network(monkeypatch, tmp_path):
-    """A machine without network, in virtual time: every TCP connect fails, either at once (``dns``: the name
-    does not resolve) or after its connect timeout (``dropped``: a firewall drops the packets), and sleeping
-    between retries costs no real time. Returns ``set_kind(kind) -> virtual_seconds()``: seconds waited on connect
-    timeouts and retry sleeps."""
-    import socket
-    import time
-
-    import huggingface_hub.constants
-
-    virtual = [0.0]
-    kind = ["dns"]
-
-    def connect(address, timeout=None, *args, **kwargs):
-        if kind[0] == "dns":
-            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-        virtual[0] += timeout if timeout is not None else 120.0  # the OS's own connect timeout, roughly
-        raise TimeoutError("timed out")
-
-    monkeypatch.setattr(socket, "create_connection", connect)
-    monkeypatch.setattr(time, "sleep", lambda seconds: virtual.__setitem__(0, virtual[0] + seconds))
-    for var in ("HF_HUB_OFFLINE", "IREPA_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # conftest turned it on at import
-    for var, folder in (("IREPA_CACHE", "irepa"), ("HF_HUB_CACHE", "hf"), ("TORCH_HOME", "torch")):
-        monkeypatch.setenv(var, str(tmp_path / folder))
-
-    def set_kind(new_kind):
-        kind[0], virtual[0] = new_kind, 0.0
-        return lambda: virtual[0]
-
-    return set_kind
-
-
 @pytest.mark.parametrize("kind", ["dns", "dropped"])
 @pytest.mark.parametrize("encoder", ["dinov2-vit-b", "mocov3-vit-s"])  # a Hub repository, an official URL
 def test_no_network_fails_fast_with_the_offline_fix(run_cli, tmp_path, no_network, kind, encoder):

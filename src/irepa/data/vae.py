@@ -30,6 +30,7 @@ import torch
 from irepa.errors import IrepaError, WeightsNotFoundError, first_line
 from irepa.models.vae import VAE_ARCHITECTURES
 from irepa.registry import Registry
+from irepa.utils.network import probe_server
 
 __all__ = [
     "TINY_VAE_CONFIG",
@@ -271,9 +272,14 @@ def load_vae(
         device: Target device.
         dtype: Compute dtype (``float32``, ``float16`` or ``bfloat16``).
 
+    A hub id is looked up in the cache first; only when it is not there is the Hub asked, after one quick
+    connectivity check (:func:`irepa.utils.network.probe_server`), so that a machine without network fails in
+    seconds.
+
     Raises:
         WeightsNotFoundError: The weights are not available locally and downloading is off or failed; the message
-            names what was looked for and how to get it.
+            names what was looked for and how to get it (a :class:`~irepa.utils.network.NoNetworkError` when the Hub
+            does not answer).
     """
     from diffusers import AutoencoderKL
 
@@ -312,25 +318,42 @@ def load_vae(
             weights=str(local.resolve()),
             latent_stats=read_vae_folder_stats(local),
         )
-    try:
+    where = f"cache {str(cache_dir)!r}" if cache_dir is not None else "the Hugging Face cache"
+    fix = (
+        f"on a connected machine run `huggingface-cli download {name}` and copy the Hugging Face cache here (or "
+        "encode once without --offline), or pass --vae-weights DIR with config.json + "
+        "diffusion_pytorch_model.safetensors"
+    )
+
+    def from_hub(local_files_only: bool) -> Any:
         with warnings.catch_warnings():
             # diffusers passes a deprecated argument to huggingface_hub; the warning is noise for irepa's users.
             warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
-            model = AutoencoderKL.from_pretrained(
+            return AutoencoderKL.from_pretrained(
                 name,
                 revision=revision,
                 cache_dir=str(cache_dir) if cache_dir is not None else None,
-                local_files_only=offline,
+                local_files_only=local_files_only,
                 torch_dtype=torch_dtype,
             )
+
+    # The cache first, as for encoder weights: a cached VAE loads without asking the Hub (which, unreachable, costs
+    # huggingface_hub's retries before it falls back to the cache).
+    try:
+        model = from_hub(local_files_only=True)
     except (OSError, ValueError) as exc:
-        where = f"cache {str(cache_dir)!r}" if cache_dir is not None else "the Hugging Face cache"
-        mode = "downloads are off (offline)" if offline else "downloading failed"
-        raise WeightsNotFoundError(
-            f"VAE {name!r} (revision {revision or 'main'}) is not in {where} and {mode}; on a connected machine run "
-            f"`huggingface-cli download {name}` (or encode once without --offline), or pass --vae-weights DIR with "
-            "config.json + diffusion_pytorch_model.safetensors"
-        ) from exc
+        if offline:
+            raise WeightsNotFoundError(
+                f"VAE {name!r} (revision {revision or 'main'}) is not in {where} and downloads are off (offline); {fix}"
+            ) from exc
+        probe_server(None, fix=f"VAE {name!r} is not in {where}; {fix}, and pass --offline")
+        try:
+            model = from_hub(local_files_only=False)
+        except (OSError, ValueError) as exc:
+            raise WeightsNotFoundError(
+                f"VAE {name!r} (revision {revision or 'main'}) is not in {where} and downloading failed "
+                f"({first_line(exc, max_chars=160)}); {fix}"
+            ) from exc
     return VAE(model.to(device), name=name, revision=revision)
 
 

@@ -10,10 +10,10 @@ Lookup order (the first hit wins)::
                               unless offline=True
 
 When nothing is found, :class:`~irepa.errors.WeightsNotFoundError` says (in one line) which encoder, what was looked
-for and where, and how to fix it. A download starts with one quick request to its server (no retries,
-:data:`PROBE_TIMEOUT_S`): without a network it fails in seconds, instead of after huggingface_hub's retries (about
-25 s when names do not resolve, minutes when packets are dropped). Gated repositories (DINOv3) get their own
-message. Files with a known checksum are verified; package assets always are.
+for and where, and how to fix it. A download starts with one quick request to its server
+(:func:`irepa.utils.network.probe_server`: no retries, 5 s): without a network it fails in seconds, instead of after
+huggingface_hub's retries (about 25 s when names do not resolve, minutes when packets are dropped). Gated
+repositories (DINOv3) get their own message. Files with a known checksum are verified; package assets always are.
 
 This module never reads environment variables or default paths: the CLI passes every location explicitly
 (``irepa.cli.encoders.weight_locations``). Only :mod:`huggingface_hub` itself reads its own settings (token,
@@ -37,6 +37,7 @@ import torch
 from irepa.encoders.spec import EncoderSpec
 from irepa.errors import IrepaError, WeightsNotFoundError, first_line
 from irepa.utils.io import atomic_write, describe_load_error, sha256_file, write_json
+from irepa.utils.network import NoNetworkError, probe_server
 
 __all__ = [
     "NoNetworkError",
@@ -50,9 +51,6 @@ __all__ = [
     "resolve_weights",
     "verify_checksum",
 ]
-
-#: Seconds the connectivity probe before a download waits for the server (connect + first answer).
-PROBE_TIMEOUT_S = 5.0
 
 #: File suffixes recognised as weight files inside a folder.
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".tar", ".ckpt")
@@ -420,59 +418,19 @@ def _missing_message(spec: EncoderSpec, looked: list[str], reason: str, weights_
 # Download
 
 
-class NoNetworkError(WeightsNotFoundError):
-    """The server of a download cannot be reached (no network, DNS failure, firewall, proxy refusing).
-
-    Attributes:
-        reason: What failed, in a few words (``no network: cannot reach https://huggingface.co within 5 s (...)``).
-    """
-
-    def __init__(self, spec: EncoderSpec, server: str, exc: BaseException) -> None:
-        self.reason = (
-            f"no network: cannot reach {server} within {PROBE_TIMEOUT_S:g} s ({first_line(exc, max_chars=160)})"
-        )
-        super().__init__(
-            f"{self.reason}; to work offline, run `irepa encoders download {spec.id}` on a connected machine, copy "
-            "its cache folder here (IREPA_CACHE) and pass --offline"
-        )
-
-
 def _probe_server(spec: EncoderSpec) -> None:
-    """One request, without retries, to the server a download of ``spec`` would use.
-
-    huggingface_hub retries network errors with back-off (about 25 s before its error when names do not resolve,
-    far longer when packets are dropped); a plain download URL waits 30 s. Any HTTP answer, even an error status,
-    means the network is up and the download proceeds as usual. The request goes through the same client as the
-    download (huggingface_hub's session, or urllib for URLs), so proxies and certificates configured for it apply.
+    """:func:`irepa.utils.network.probe_server` for the server of ``spec``'s download (its URL, or the Hub).
 
     Raises:
-        NoNetworkError: No answer within :data:`PROBE_TIMEOUT_S`.
+        NoNetworkError: No answer within 5 s; the message says how to get the weights offline.
     """
     source = spec.weights
     assert source is not None
-    if source.url is not None:
-        import urllib.error
-        import urllib.parse
-        import urllib.request
-
-        if urllib.parse.urlsplit(source.url).scheme not in ("http", "https"):
-            return  # file:// and friends need no network
-        try:
-            with urllib.request.urlopen(urllib.request.Request(source.url, method="HEAD"), timeout=PROBE_TIMEOUT_S):
-                return
-        except urllib.error.HTTPError:
-            return  # the server answered
-        except (urllib.error.URLError, OSError) as exc:
-            raise NoNetworkError(spec, source.url, exc) from exc
-    from huggingface_hub import constants, errors
-    from huggingface_hub.utils import get_session
-
-    try:
-        get_session().head(constants.ENDPOINT, timeout=PROBE_TIMEOUT_S)
-    except errors.OfflineModeIsEnabled:
-        return  # huggingface_hub's own offline switch (HF_HUB_OFFLINE): the download reports it at once
-    except Exception as exc:  # the transport's errors (connect, DNS, TLS, proxy, timeout); statuses do not raise
-        raise NoNetworkError(spec, constants.ENDPOINT, exc) from exc
+    fix = (
+        f"to work offline, run `irepa encoders download {spec.id}` on a connected machine, copy its cache folder here "
+        "(IREPA_CACHE) and pass --offline"
+    )
+    probe_server(source.url, fix=fix)
 
 
 def download_weights(

@@ -39,3 +39,15 @@ def test_duplicate_registration_is_an_error():
         reg.register("x", 2)
     with pytest.raises(ValueError, match="already registered"):
         reg.register("y", 2)
+
+
+def test_unregister_removes_the_entry_and_its_aliases():
+    reg: Registry[int] = Registry("thing")
+    reg.register("x", 1, aliases=("y", "z"))
+    reg.register("w", 2)
+    assert reg.unregister("y") == 1  # an alias names its entry
+    assert "x" not in reg and "y" not in reg and "z" not in reg and reg.list() == ["w"]
+    reg.register("x", 3, aliases=("y",))  # the names are free again
+    assert reg.get("y") == 3
+    with pytest.raises(UnknownNameError):
+        reg.unregister("nothing")

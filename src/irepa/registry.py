@@ -59,6 +59,18 @@ class Registry(Generic[T]):
 
         return add if obj is None else add(obj)
 
+    def unregister(self, name: str) -> T:
+        """Remove ``name`` (or the entry an alias names) with all its aliases; returns what was registered.
+
+        For plugins and tests that register something for a while (a registry is process-global).
+
+        Raises:
+            UnknownNameError: ``name`` is not registered.
+        """
+        canonical = self.canonical(name)
+        self._aliases = {alias: target for alias, target in self._aliases.items() if target != canonical}
+        return self._items.pop(canonical)
+
     def canonical(self, name: str) -> str:
         """Return the registered name for ``name`` or one of its aliases."""
         if name in self._items:

@@ -20,15 +20,17 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "recipes.md"
 
 @pytest.fixture(scope="module")
 def huber():
-    """Execute the documented example (it registers the ``huber`` objective once per process)."""
+    """Execute the documented example (it registers the ``huber`` objective), and unregister it afterwards: the
+    registry is process-global and other tests list every objective (``irepa train --help-config``)."""
     text = DOC.read_text()
     blocks = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if '@OBJECTIVES.register("huber")' in b]
     assert len(blocks) == 1, "docs/recipes.md must hold exactly one example registering 'huber'"
-    if "huber" not in OBJECTIVES:
-        module = types.ModuleType("recipes_doc_example")  # a real module: dataclasses and type hints look it up
-        sys.modules[module.__name__] = module
-        exec(compile(blocks[0], str(DOC), "exec"), module.__dict__)
-    return OBJECTIVES.get("huber")
+    module = types.ModuleType("recipes_doc_example")  # a real module: dataclasses and type hints look it up
+    sys.modules[module.__name__] = module
+    exec(compile(blocks[0], str(DOC), "exec"), module.__dict__)
+    yield OBJECTIVES.get("huber")
+    OBJECTIVES.unregister("huber")
+    del sys.modules[module.__name__]
 
 
 def test_documented_recipe_trains_with_alignment(huber, tmp_path, pixel_store, pixel_overrides):

@@ -73,7 +73,12 @@ def run(args: argparse.Namespace) -> int:
     from irepa.diffusion.paths import PATHS
     from irepa.errors import IrepaError
     from irepa.models.io import save_inference
-    from irepa.models.official import load_latent_stats, load_official_checkpoint, official_space
+    from irepa.models.official import (
+        load_latent_stats,
+        load_official_checkpoint,
+        official_space,
+        registered_architecture,
+    )
     from irepa.models.sit import count_parameters
     from irepa.utils.io import save_safetensors, sha256_file, write_text
 
@@ -185,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
     for warning in ckpt.warnings:
         print(f"warning: {warning}")
     # The label comes from the weights' shapes, never from the factory name or the checkpoint's args.
-    label = ckpt.architecture.split(" (", 1)[0]
+    label = registered_architecture(kw) or f"custom {'JiT' if jit else 'SiT'} config"
     print(
         f"model     {label}: depth {kw['depth']}, width {kw['hidden_size']}, {kw['num_heads']} heads, "
         f"patch {kw['patch_size']}, input {kw['input_size']}x{kw['input_size']}x{kw['in_channels']}, {classes}, "

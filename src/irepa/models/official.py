@@ -70,6 +70,7 @@ __all__ = [
     "load_official_checkpoint",
     "official_space",
     "read_checkpoint_file",
+    "registered_architecture",
 ]
 
 #: Everything the official checkpoints pickle beyond tensors and builtins (see the module docstring).
@@ -352,6 +353,16 @@ def detect_jit_architecture(
     return (name if name in MODELS else f"JiT-B/{16 if patch not in (16, 32) else patch}"), detected
 
 
+def registered_architecture(kwargs: Mapping[str, Any]) -> str | None:
+    """The registered SiT / JiT name whose size equals these constructor arguments (MLP ratio 4), or ``None``."""
+    if float(kwargs.get("mlp_ratio", 4.0)) != 4.0:
+        return None
+    for name in MODELS.list("JiT-*" if "bottleneck_dim" in kwargs else "SiT-*"):
+        if all(kwargs.get(key) == value for key, value in MODELS.get(name).defaults.items()):
+            return name
+    return None
+
+
 def architecture_label(kwargs: Mapping[str, Any]) -> str:
     """What a SiT / JiT with these constructor arguments is: a registered name, or a custom config with its sizes.
 
@@ -363,11 +374,10 @@ def architecture_label(kwargs: Mapping[str, Any]) -> str:
         ``architecture_label(sit_kwargs)`` is ``"SiT-XL/2"`` for depth 28, width 1152, 16 heads, patch 2, and
         ``"custom SiT config (depth 2, width 64, 4 heads, patch 2)"`` for a tiny test model.
     """
+    name = registered_architecture(kwargs)
+    if name is not None:
+        return name
     jit = "bottleneck_dim" in kwargs
-    if float(kwargs.get("mlp_ratio", 4.0)) == 4.0:
-        for name in MODELS.list("JiT-*" if jit else "SiT-*"):
-            if all(kwargs.get(key) == value for key, value in MODELS.get(name).defaults.items()):
-                return name
     sizes = f"depth {kwargs['depth']}, width {kwargs['hidden_size']}, {kwargs['num_heads']} heads, "
     sizes += f"patch {kwargs['patch_size']}"
     if jit:

@@ -104,7 +104,7 @@ def test_resume_refills_the_cache_and_stays_exact(tmp_path, pixel_store, pixel_o
     trainer.fit()  # resumes at step 12 with an empty cache
     Trainer(resolve_config(overrides=[*overrides[:-1], "train.max_steps=20"]), tmp_path / "whole").fit()
     assert_identical(final_state(tmp_path / "whole", 20), final_state(tmp_path / "split", 20))
-    assert "targets cached in host memory (up to 1.6 MB)" in (tmp_path / "split" / "log.txt").read_text()
+    assert "targets cached in host memory (up to 1.6 MB per process)" in (tmp_path / "split" / "log.txt").read_text()
 
 
 def test_a_cache_larger_than_half_the_memory_is_refused(tmp_path, pixel_store, pixel_overrides, monkeypatch):
@@ -112,6 +112,6 @@ def test_a_cache_larger_than_half_the_memory_is_refused(tmp_path, pixel_store, p
     overrides = _overrides(pixel_store, pixel_overrides, "teacher.cache_targets=true")
     with pytest.raises(
         IrepaError,
-        match=r"would keep 1.6 MB of targets \(64 samples\), more than half of this machine's 1.0 MB .*=false",
+        match=r"keep 1.6 MB of targets per process \(64 samples\), more than half of this machine's 1.0 MB .*=false",
     ):
         Trainer(resolve_config(overrides=overrides), tmp_path)

@@ -221,9 +221,9 @@ class AlignmentTerm:
             need, memory = TargetCache.nbytes(num_samples, shapes, flips=flips), _physical_memory()
             if memory is not None and need > memory // 2:
                 raise IrepaError(
-                    f"teacher.cache_targets would keep {human_bytes(need)} of targets ({num_samples} samples"
-                    f"{' x 2 flips' if flips else ''}), more than half of this machine's {human_bytes(memory)} of "
-                    "memory; set teacher.cache_targets=false"
+                    f"teacher.cache_targets would keep {human_bytes(need)} of targets per process ({num_samples} "
+                    f"samples{' x 2 flips' if flips else ''}), more than half of this machine's "
+                    f"{human_bytes(memory)} of memory; set teacher.cache_targets=false"
                 )
             cache = TargetCache(num_samples, shapes, flips=flips)
         return cls(teacher, aligner, config.align.depth, precision, cache)
@@ -301,7 +301,7 @@ class AlignmentTerm:
         n = sum(p.numel() for p in self.aligner.parameters())
         teacher = f", teacher in {self.precision}" if self.precision else ""
         if self.cache is not None:
-            teacher += f", targets cached in host memory (up to {human_bytes(self.cache.capacity_bytes)})"
+            teacher += f", targets cached in host memory (up to {human_bytes(self.cache.capacity_bytes)} per process)"
         return (
             f"align {', '.join(config.encoders)} at block {self.depth}, projector {config.projector}"
             f" ({n / 1e6:.2f}M params), target norm {config.target_norm}, weight {config.weight}{teacher}"

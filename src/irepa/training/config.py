@@ -159,7 +159,8 @@ class TeacherConfig:
     cache_targets: bool = False
     """Keep every sample's target tokens in host memory the first time it is drawn and read them back afterwards,
     so that after the first epoch the encoders do not run. For data sets whose targets fit in RAM
-    (samples × flips × tokens × width × 4 bytes, printed at start; refused above half the machine's memory), e.g.
+    (samples × flips × tokens × width × 4 bytes per training process: each process keeps the samples it draws,
+    which after a few epochs are all of them; printed at start, refused above half the machine's memory), e.g.
     32 px experiments and the demo. Targets are those of the stored image and its flip; on the CPU a cached run is
     bit-identical to an uncached one (tested); on CUDA the teacher's kernels may differ in the last bits between
     full and partial batches, so bit-identity is not promised there."""

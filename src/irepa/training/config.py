@@ -163,7 +163,9 @@ class TeacherConfig:
     which after a few epochs are all of them; printed at start, refused above half the machine's memory), e.g.
     32 px experiments and the demo. Targets are those of the stored image and its flip; on the CPU a cached run is
     bit-identical to an uncached one (tested); on CUDA the teacher's kernels may differ in the last bits between
-    full and partial batches, so bit-identity is not promised there."""
+    full and partial batches, so bit-identity is not promised there, and the targets cross the PCIe bus (to the host
+    in the first epoch, a synchronizing copy; back every later step): meant for small data sets whose teacher
+    dominates the step, not for ImageNet."""
 
 
 @dataclasses.dataclass(frozen=True)

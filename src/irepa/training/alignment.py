@@ -73,11 +73,13 @@ class TargetCache:
         return num_samples * (2 if flips else 1) * per_sample
 
     def _slots(self, index: torch.Tensor, flipped: torch.Tensor | None) -> np.ndarray:
-        slots = index.numpy().astype(np.int64)
+        # The trainer passes host tensors; keys that reached a GPU (DDP's forward moves every input tensor to the
+        # device) are read back, a small synchronizing copy.
+        slots = index.cpu().numpy().astype(np.int64)
         if self.flips:
             if flipped is None:
                 raise IrepaError("the target cache of flipped data needs each sample's flip (batch['flipped'])")
-            slots = 2 * slots + flipped.numpy().astype(np.int64)
+            slots = 2 * slots + flipped.cpu().numpy().astype(np.int64)
         return slots
 
     def get(

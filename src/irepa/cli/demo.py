@@ -33,7 +33,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Train a tiny diffusion transformer on synthetic images without alignment, with REPA and with iREPA "
         "(same seed, data order and step budget), evaluate FD at several checkpoints in a separate evaluator's "
-        "feature space, and write a report with figures. Offline, CPU, 6-13 minutes on two cores."
+        "feature space, and write a report with figures. Offline, CPU, 6-11 minutes on two cores."
     )
     parser.epilog = (
         "examples:\n"

@@ -36,6 +36,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -123,6 +124,25 @@ def _median_time(fn: Callable[[], object], device: torch.device, steps: int, war
     return first, statistics.median(times)
 
 
+def _model_flops(model: torch.nn.Module) -> float:
+    """Analytic forward FLOPs per image of a SiT (:func:`sit_forward_flops` from its size)."""
+    tokens = model.grid[0] * model.grid[1]
+    return sit_forward_flops(len(model.blocks), model.hidden_size, tokens, model.patch_size, model.in_channels)
+
+
+def _throughput(batch: int, first: float, median: float, flops: float, device: torch.device) -> dict[str, Any]:
+    """A row's timing columns: step time, first step, images/s, MFU (3 × forward FLOPs, bf16 peak), memory."""
+    images_per_s = batch / median
+    return {
+        "step_ms": round(1000 * median, 1),
+        "first_step_s": round(first, 2),
+        "images_per_s": round(images_per_s, 1),
+        "mfu_percent": round(100 * images_per_s * 3 * flops / PEAK_BF16_FLOPS, 1),
+        "forward_gflops_per_image": round(flops / 1e9, 2),
+        **_memory(device),
+    }
+
+
 def _memory(device: torch.device) -> dict[str, float | None]:
     if device.type != "cuda":
         return {"peak_allocated_gb": None, "peak_reserved_gb": None}
@@ -153,11 +173,7 @@ def train_case(
     from irepa.models import build_model
 
     with torch.device("meta"):
-        shape = build_model(name, **overrides)
-    flops = sit_forward_flops(
-        len(shape.blocks), shape.hidden_size, shape.grid[0] * shape.grid[1], shape.patch_size, shape.in_channels
-    )
-    images_per_s = batch / median
+        flops = _model_flops(build_model(name, **overrides))
     row = {
         "model": name + (f" {overrides}" if overrides else ""),
         "batch": batch,
@@ -165,12 +181,7 @@ def train_case(
         "compiled": compiled,
         "adamw": {None: "default (foreach)", True: "fused", False: "for-loop"}[fused],
         "precision": precision,
-        "step_ms": round(1000 * median, 1),
-        "first_step_s": round(first, 2),
-        "images_per_s": round(images_per_s, 1),
-        "mfu_percent": round(100 * images_per_s * 3 * flops / PEAK_BF16_FLOPS, 1),
-        "forward_gflops_per_image": round(flops / 1e9, 2),
-        **_memory(device),
+        **_throughput(batch, first, median, flops, device),
     }
     del step
     _free(device)
@@ -213,13 +224,9 @@ def trainer_case(*, compiled: bool, fused: bool, device: torch.device, tiny: boo
             teacher_resolution=8 * size,
         )
         first, median = _median_time(step, device, steps, warmup)
-        model = trainer.model
-        flops = sit_forward_flops(
-            len(model.blocks), model.hidden_size, model.grid[0] * model.grid[1], model.patch_size, model.in_channels
-        )
+        flops = _model_flops(trainer.model)
         trainer.data.close()
-        del trainer, step, model
-    images_per_s = batch / median
+        del trainer, step
     row = {
         "model": f"SiT-XL/2 {overrides} on {size} px pixels",
         "batch": batch,
@@ -227,12 +234,7 @@ def trainer_case(*, compiled: bool, fused: bool, device: torch.device, tiny: boo
         "compiled": compiled,
         "adamw": "fused" if fused else "default (foreach)",
         "precision": precision,
-        "step_ms": round(1000 * median, 1),
-        "first_step_s": round(first, 2),
-        "images_per_s": round(images_per_s, 1),
-        "mfu_percent": round(100 * images_per_s * 3 * flops / PEAK_BF16_FLOPS, 1),
-        "forward_gflops_per_image": round(flops / 1e9, 2),
-        **_memory(device),
+        **_throughput(batch, first, median, flops, device),
     }
     _free(device)
     return row
